@@ -1,0 +1,62 @@
+# Render FastAPI template + memsafe. `make help` lists the targets.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-dev
+PROFILE ?= local
+PORT ?= 8000
+IMAGE ?= render-memsafe-template
+
+.PHONY: help install run dev test test-fast lint fmt typecheck check bench bench-http \
+        loadtest emulate docker-build docker-run lock clean
+
+help: ## Show this help
+	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | \
+	  awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-13s\033[0m %s\n", $$1, $$2}'
+
+$(STAMP): requirements/dev.lock
+	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info[:2] == (3, 11) else "Python 3.11 is required, found " + sys.version.split()[0])'
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet --require-hashes -r requirements/dev.lock
+	touch $(STAMP)
+
+install: $(STAMP) ## Create .venv and install the locked dependencies (only when the lock changed)
+
+run: $(STAMP) ## Serve the app through gunicorn on http://127.0.0.1:8000 (PROFILE=local)
+	APP_CONFIG=config/$(PROFILE).yaml PORT=$(PORT) $(BIN)/gunicorn -c config/gunicorn.conf.py app.main:app
+
+dev: $(STAMP) ## Serve the app with uvicorn --reload (development only)
+	APP_CONFIG=config/$(PROFILE).yaml $(BIN)/uvicorn app.main:app --reload --host 127.0.0.1 --port $(PORT)
+
+test: $(STAMP) ## Run the whole test suite with memsafe branch coverage (>= 90%)
+	$(BIN)/pytest --cov=memsafe --cov-branch --cov-report=term --cov-fail-under=90
+
+test-fast: $(STAMP) ## Run the tests that need no real thread, process or server
+	$(BIN)/pytest -m 'not slow and not e2e' -q
+
+lint: $(STAMP) ## Ruff lint and format check
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+fmt: $(STAMP) ## Format and autofix with ruff
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+typecheck: $(STAMP) ## mypy --strict on memsafe, app and tests
+	$(BIN)/mypy
+
+check: lint typecheck test ## Lint, typecheck and test (what CI runs)
+
+bench: $(STAMP) ## memsafe.LRUCache against cachetools, an OrderedDict LRU and functools.lru_cache
+	$(BIN)/python -m benchmarks.bench_cache
+
+lock: ## Re-pin requirements/*.lock from pyproject.toml (needs uv: pip install uv)
+	uv pip compile pyproject.toml --python-version 3.11 --generate-hashes -o requirements/base.lock
+	uv pip compile pyproject.toml --extra dev --python-version 3.11 --generate-hashes -o requirements/dev.lock
+
+clean: ## Remove the venv, caches and reports
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .coverage reports data/*.sqlite3*
