@@ -1,0 +1,123 @@
+"""The Dockerfile keeps its invariants, and its exact start command serves /health."""
+
+from __future__ import annotations
+
+import os
+import pathlib
+import signal
+import socket
+import subprocess
+import time
+import urllib.request
+
+import pytest
+
+from tests.deploy.dockerfile import Stage, parse
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+VENV_BIN = ROOT / ".venv" / "bin"
+
+
+@pytest.fixture(scope="module")
+def stages() -> list[Stage]:
+    return parse(ROOT / "Dockerfile")
+
+
+@pytest.fixture(scope="module")
+def runtime(stages: list[Stage]) -> Stage:
+    return stages[-1]
+
+
+def test_multi_stage_on_python_311_slim(stages: list[Stage]) -> None:
+    assert len(stages) >= 2
+    assert all(s.base == "python:3.11-slim" for s in stages)
+
+
+def test_dependencies_come_from_the_lock_in_their_own_layer(stages: list[Stage]) -> None:
+    builder = stages[0]
+    copies = builder.all("COPY")
+    assert copies and copies[0].startswith("requirements/base.lock"), copies
+    (install,) = [r for r in builder.all("RUN") if "pip install" in r]
+    assert "--require-hashes" in install
+    assert "base.lock" in install
+    # Application code is copied only after the install, so code edits keep the cache.
+    assert not any(c.split()[0] in {".", "app", "memsafe"} for c in copies)
+
+
+def test_runs_as_a_non_root_user(runtime: Stage) -> None:
+    users = runtime.all("USER")
+    assert users, "no USER in the final stage"
+    assert users[-1] not in {"root", "0"}
+    last_user = max(i for i, (kw, _) in enumerate(runtime.instructions) if kw == "USER")
+    assert all(kw != "RUN" for kw, _ in runtime.instructions[last_user:])
+
+
+def test_memory_and_logging_env(runtime: Stage) -> None:
+    env = runtime.env()
+    assert env["PYTHONUNBUFFERED"] == "1"
+    assert env["MALLOC_ARENA_MAX"] == "2"
+    assert (ROOT / env["APP_CONFIG"]).is_file()
+
+
+def test_start_is_exec_form_gunicorn_with_the_shared_config(runtime: Stage) -> None:
+    cmd = runtime.exec_form("CMD")
+    assert cmd is not None, "CMD must be the exec (JSON array) form"
+    assert cmd[0] == "gunicorn"
+    assert "config/gunicorn.conf.py" in cmd
+    assert not any("$PORT" in part for part in cmd), "PORT is read in gunicorn.conf.py"
+
+
+def test_health_check_probes_health_in_exec_form(runtime: Stage) -> None:
+    probe = runtime.exec_form("HEALTHCHECK")
+    assert probe is not None
+    assert "/health" in " ".join(probe)
+
+
+def test_dockerignore_keeps_tests_reports_and_venv_out() -> None:
+    ignored = set((ROOT / ".dockerignore").read_text().split())
+    assert {".venv", "tests", "reports", ".git"} <= ignored
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+@pytest.mark.slow
+@pytest.mark.e2e
+def test_the_image_start_command_serves_health(runtime: Stage, tmp_path: pathlib.Path) -> None:
+    """Run the CMD exactly as the image would, with the image's ENV, outside a container."""
+    cmd = runtime.exec_form("CMD")
+    assert cmd is not None
+    port = _free_port()
+    env = {
+        **os.environ,
+        **{k: v for k, v in runtime.env().items() if k != "PATH"},
+        "PORT": str(port),
+        "PATH": f"{VENV_BIN}{os.pathsep}{os.environ.get('PATH', '')}",
+        "APP_STORE__PATH": str(tmp_path / "app.sqlite3"),
+    }
+    log = (tmp_path / "server.log").open("wb")
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 60
+        status = None
+        while time.monotonic() < deadline and proc.poll() is None:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=5) as r:
+                    status = r.status
+                    break
+            except OSError:
+                time.sleep(0.3)
+        assert status == 200, (tmp_path / "server.log").read_text()
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=40)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        log.close()
+    assert proc.returncode == 0, (tmp_path / "server.log").read_text()
