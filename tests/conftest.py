@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import pytest
+
+from memsafe.singleton import SingletonMeta
 
 
 class FakeClock:
@@ -21,3 +25,10 @@ class FakeClock:
 @pytest.fixture
 def fake_clock() -> FakeClock:
     return FakeClock()
+
+
+@pytest.fixture(autouse=True)
+def _reset_singletons() -> Iterator[None]:
+    """Every test starts and ends with no singleton instance registered."""
+    yield
+    SingletonMeta._reset_for_tests()
