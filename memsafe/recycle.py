@@ -1,0 +1,295 @@
+"""Worker recycling on RSS for gunicorn: uWSGI's reload-on-rss for the asgi and uvicorn workers."""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import threading
+import time
+from collections.abc import Callable
+from typing import Any, Final
+
+from memsafe._clock import Clock
+from memsafe.probes import process_rss_bytes
+
+logger = logging.getLogger(__name__)
+
+MIB: Final = 1024 * 1024
+DEFAULT_CHECK_INTERVAL_SECONDS: Final = 2.0
+# gunicorn's own workers (sync, gthread, gevent, tornado, asgi) leave their serving loop when
+# worker.alive turns False, then drain in-flight requests. Anything else (uvicorn_worker's
+# UvicornWorker runs uvicorn's Server, which never reads worker.alive) gets SIGTERM instead.
+_ALIVE_FLAG_MODULE_PREFIX: Final = "gunicorn.workers."
+
+_state_lock = threading.Lock()
+_exit_reason: str | None = None
+_exit_pid: int | None = None
+_worker: Any = None
+_worker_pid: int | None = None
+_active_recycler: RSSRecycler | None = None
+
+
+def _honours_alive_flag(worker: object) -> bool:
+    """True when ``worker`` is one of gunicorn's own classes, which poll ``worker.alive``."""
+    return type(worker).__module__.startswith(_ALIVE_FLAG_MODULE_PREFIX)
+
+
+def record_worker(worker: object) -> None:
+    """Remember the gunicorn worker object of this process (RSSRecycler.post_fork does it)."""
+    global _worker, _worker_pid, _exit_reason, _exit_pid
+    with _state_lock:
+        _worker, _worker_pid = worker, os.getpid()
+        _exit_reason, _exit_pid = None, None
+
+
+def current_worker() -> Any:
+    """The gunicorn worker recorded in this process, or None (not under gunicorn, or no hook)."""
+    return _worker if _worker_pid == os.getpid() else None
+
+
+def is_exit_requested() -> bool:
+    """True once request_worker_exit has been called in this process."""
+    return _exit_reason is not None and _exit_pid == os.getpid()
+
+
+def request_worker_exit(
+    reason: str, *, kill: Callable[[int, int], None] = os.kill, worker: Any = None
+) -> None:
+    """Ask this worker process to stop taking requests, finish those in flight, and exit.
+
+    The gunicorn master then forks a replacement. Under one of gunicorn's own worker
+    classes (``worker_class = "asgi"`` included) this sets ``worker.alive = False``: the
+    worker closes its listeners, waits up to ``graceful_timeout`` for open connections and
+    runs the lifespan shutdown. Otherwise (``uvicorn_worker.UvicornWorker``, or no worker
+    recorded by the post_fork hook) it sends SIGTERM to itself, which uvicorn's Server
+    handles by draining in-flight requests, then running the lifespan shutdown. Outside a
+    supervisor that replaces dead workers (plain ``uvicorn app:app``) that stops the server.
+    Only the first call in a process acts; later ones are logged at debug level.
+
+    Thread safety: safe from any thread (the decision is taken under a lock; SIGTERM is
+    delivered to the main thread).
+    """
+    global _exit_reason, _exit_pid
+    pid = os.getpid()
+    with _state_lock:
+        if _exit_reason is not None and _exit_pid == pid:
+            logger.debug("worker exit already requested (%s); ignoring %r", _exit_reason, reason)
+            return
+        _exit_reason, _exit_pid = reason, pid
+        target = worker if worker is not None else current_worker()
+    if target is not None and _honours_alive_flag(target):
+        logger.warning("recycling worker pid %d (%s): worker.alive = False, draining", pid, reason)
+        target.alive = False
+        return
+    logger.warning("recycling worker pid %d (%s): SIGTERM to itself, draining", pid, reason)
+    kill(pid, signal.SIGTERM)
+
+
+def check_worker_rss(rss_bytes: int | None = None) -> bool:
+    """Check this worker against the RSSRecycler its post_fork hook installed.
+
+    For the per-response hook of a middleware (``on_response_rss=check_worker_rss``); a
+    no-op returning False when no recycler runs in this process. Returns True once the
+    worker has been asked to exit.
+    """
+    recycler = active_recycler()
+    if recycler is None:
+        return False
+    recycler.requests += 1
+    return recycler.check(rss_bytes)
+
+
+class RSSRecycler:
+    """Recycles a gunicorn worker whose RSS reaches ``max_worker_rss_mb`` (MiB), gracefully.
+
+    Create one in ``gunicorn.conf.py`` and install its hooks (``globals().update(
+    recycler.hooks())``, or assign the methods one by one). RSS is checked after each
+    request through ``post_request`` (gunicorn's own workers, ``asgi`` included, call it),
+    through :meth:`check` / :func:`check_worker_rss` for worker classes without request
+    hooks (``UvicornWorker``: wire it to the middleware's per-response RSS hook), and every
+    ``check_interval_seconds`` by a daemon watchdog thread started in ``post_worker_init``
+    (None disables it), which also covers UvicornWorker with no app wiring at all. A
+    worker already over the cap right after boot is never recycled (that would loop): an
+    error is logged instead.
+
+    Thread safety: the object is built in the master and copied into each worker by fork;
+    in a worker, check() may run concurrently from the event loop and the watchdog thread
+    (the recycle decision is taken under a lock).
+    """
+
+    def __init__(
+        self,
+        max_worker_rss_mb: float,
+        check_interval_seconds: float | None = DEFAULT_CHECK_INTERVAL_SECONDS,
+        *,
+        rss_probe: Callable[[], int] = process_rss_bytes,
+        exit_request: Callable[[str], None] | None = None,
+        clock: Clock = time.monotonic,
+    ) -> None:
+        if isinstance(max_worker_rss_mb, bool) or not isinstance(max_worker_rss_mb, int | float):
+            msg = f"max_worker_rss_mb must be a number of MiB > 0, got {max_worker_rss_mb!r}"
+            raise TypeError(msg)
+        if not 0 < max_worker_rss_mb <= 1024 * 1024:
+            msg = f"max_worker_rss_mb must be in (0, 1048576] MiB, got {max_worker_rss_mb!r}"
+            raise ValueError(msg)
+        if check_interval_seconds is not None and not (
+            isinstance(check_interval_seconds, int | float)
+            and not isinstance(check_interval_seconds, bool)
+            and 0 < check_interval_seconds <= 3600
+        ):
+            msg = (
+                f"check_interval_seconds must be None or in (0, 3600] seconds, "
+                f"got {check_interval_seconds!r}"
+            )
+            raise ValueError(msg)
+        self.max_worker_rss_mb = float(max_worker_rss_mb)
+        self.max_rss_bytes = int(max_worker_rss_mb * MIB)
+        self.check_interval_seconds = check_interval_seconds
+        self._rss_probe = rss_probe
+        self._exit_request = exit_request
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._reset(pid=None)
+
+    def _reset(self, pid: int | None) -> None:
+        """Per-worker state, set afresh in every forked worker."""
+        self.pid = pid
+        self.requests = 0
+        self.checks = 0
+        self.is_recycling = False
+        self.is_disabled = False
+        self.boot_rss_bytes: int | None = None
+        self.last_rss_bytes: int | None = None
+        self.started_at = self._clock()
+        self._worker: Any = None
+        self._stop_watchdog = threading.Event()
+        self._watchdog: threading.Thread | None = None
+
+    def hooks(self) -> dict[str, Callable[..., None]]:
+        """The gunicorn server hooks, by setting name, for ``globals().update(...)``."""
+        return {
+            "post_fork": self.post_fork,
+            "post_worker_init": self.post_worker_init,
+            "post_request": self.post_request,
+            "worker_exit": self.worker_exit,
+        }
+
+    def post_fork(self, server: Any, worker: Any) -> None:
+        """gunicorn hook (in the new worker): record the worker and reset per-worker state."""
+        global _active_recycler
+        self._reset(pid=os.getpid())
+        self._worker = worker
+        record_worker(worker)
+        _active_recycler = self
+
+    def post_worker_init(self, worker: Any) -> None:
+        """gunicorn hook (app loaded): note the boot RSS and start the watchdog thread."""
+        if self.pid != os.getpid():  # the post_fork hook is not installed
+            self.post_fork(None, worker)
+        rss = self._rss_probe()
+        self.boot_rss_bytes = rss
+        if rss >= self.max_rss_bytes:
+            self.is_disabled = True
+            logger.error(
+                "worker pid %d boots at %.1f MiB, already over max_worker_rss_mb %g: RSS "
+                "recycling is off for it (it would restart in a loop); raise the cap",
+                os.getpid(),
+                rss / MIB,
+                self.max_worker_rss_mb,
+            )
+            return
+        if self.check_interval_seconds is not None:
+            self._watchdog = threading.Thread(
+                target=self._watch, name="memsafe-rss-recycler", daemon=True
+            )
+            self._watchdog.start()
+
+    def post_request(self, worker: Any, req: Any, environ: Any, resp: Any) -> None:
+        """gunicorn hook, called after each request by gunicorn's own workers: check RSS."""
+        self.requests += 1
+        self.check(worker=worker)
+
+    def worker_exit(self, server: Any, worker: Any) -> None:
+        """gunicorn hook (in the exiting worker): stop the watchdog and log the exit."""
+        self._stop_watchdog.set()
+        if self.pid != os.getpid():  # called by the master for a worker that vanished
+            return
+        if self.is_recycling:
+            logger.warning(
+                "worker pid %d exits, recycled on RSS (last %.1f MiB, cap %g MiB, %d requests)",
+                os.getpid(),
+                (self.last_rss_bytes or 0) / MIB,
+                self.max_worker_rss_mb,
+                self.requests,
+            )
+
+    def check(self, rss_bytes: int | None = None, *, worker: Any = None) -> bool:
+        """Compare RSS (measured when not given) with the cap; over it, ask the worker to exit.
+
+        Cheap enough for every response (one statm read, about 3 us). Returns True when the
+        worker is being recycled (now or earlier).
+        """
+        if self.is_recycling:
+            return True
+        if self.is_disabled:
+            return False
+        rss = self._rss_probe() if rss_bytes is None else rss_bytes
+        self.checks += 1
+        self.last_rss_bytes = rss
+        if rss < self.max_rss_bytes:
+            return False
+        with self._lock:
+            if self.is_recycling:
+                return True
+            self.is_recycling = True
+        self._stop_watchdog.set()
+        reason = (
+            f"rss {rss / MIB:.1f} MiB >= max_worker_rss_mb {self.max_worker_rss_mb:g} "
+            f"after {self.requests} requests, {self._clock() - self.started_at:.0f}s"
+        )
+        logger.warning("worker pid %d over its RSS cap: %s; recycling", os.getpid(), reason)
+        target = worker if worker is not None else self._worker
+        if self._exit_request is not None:
+            self._exit_request(reason)
+        else:
+            request_worker_exit(reason, worker=target)
+        return True
+
+    def _watch(self) -> None:
+        """Watchdog thread body: check every interval until recycling or exit."""
+        interval = self.check_interval_seconds
+        while interval is not None and not self._stop_watchdog.wait(interval):
+            try:
+                if self.check():
+                    return
+            except Exception:  # the watchdog must not die silently on a probe error
+                logger.exception("RSS watchdog check failed")
+
+    def stats(self) -> dict[str, Any]:
+        """This worker's recycler state: cap, requests, checks, last and boot RSS, recycling."""
+        return {
+            "pid": self.pid,
+            "max_worker_rss_mb": self.max_worker_rss_mb,
+            "check_interval_seconds": self.check_interval_seconds,
+            "requests": self.requests,
+            "checks": self.checks,
+            "boot_rss_bytes": self.boot_rss_bytes,
+            "last_rss_bytes": self.last_rss_bytes,
+            "is_recycling": self.is_recycling,
+            "is_disabled": self.is_disabled,
+        }
+
+
+def active_recycler() -> RSSRecycler | None:
+    """The RSSRecycler whose post_fork hook ran in this process, or None."""
+    recycler = _active_recycler
+    return recycler if recycler is not None and recycler.pid == os.getpid() else None
+
+
+def _reset_for_tests() -> None:
+    """Forget the recorded worker, the exit request and the active recycler."""
+    global _worker, _worker_pid, _exit_reason, _exit_pid, _active_recycler
+    with _state_lock:
+        _worker = _worker_pid = _exit_reason = _exit_pid = None
+        _active_recycler = None
