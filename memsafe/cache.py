@@ -241,6 +241,16 @@ class LRUCache(Generic[K, V]):
         expires_at = entry[1]
         return expires_at is NEVER or expires_at > self._clock()
 
+    def _peek(self, key: K, default: object) -> object:
+        """The live value under `key` or `default`, without touching stats or recency."""
+        entry = self._data.get(key)
+        if entry is None:
+            return default
+        expires_at = entry[1]
+        if expires_at is not NEVER and expires_at <= self._clock():
+            return default
+        return entry[0]
+
     def __len__(self) -> int:
         """Number of stored entries, expired ones not yet swept included."""
         return len(self._data)
