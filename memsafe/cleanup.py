@@ -224,7 +224,7 @@ class MemoryCleanupService:
         self._is_recycle_requested = False
         self._last_rss_bytes: int | None = None
         self._task: asyncio.Task[None] | None = None
-        self._stop_event: asyncio.Event | None = None
+        self._stop_event = asyncio.Event()
         self._pass_lock = asyncio.Lock()
 
     @property
@@ -274,8 +274,7 @@ class MemoryCleanupService:
         task, self._task = self._task, None
         if task is None:
             return
-        if self._stop_event is not None:
-            self._stop_event.set()
+        self._stop_event.set()
         half = self._config.shutdown_timeout_seconds / 2
         done, _ = await asyncio.wait({task}, timeout=half)
         if not done:
