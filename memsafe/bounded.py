@@ -6,32 +6,20 @@ import math
 import threading
 from collections import OrderedDict, deque
 from collections.abc import ItemsView, Iterable, Iterator, KeysView, MutableMapping, ValuesView
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
-from types import TracebackType
-from typing import Final, Generic, Literal, Protocol, TypedDict, TypeVar, overload
+from typing import Any, Final, Generic, Literal, TypedDict, TypeVar, cast, overload
 
-T = TypeVar("T")
-K = TypeVar("K")
-V = TypeVar("V")
+from memsafe._types import K, T, V
+
+E = TypeVar("E")
+"""Element type of a BoundedList."""
 
 Policy = Literal["lru", "fifo"]
 POLICIES: Final[tuple[str, ...]] = ("lru", "fifo")
 DEFAULT_MAX_SAMPLES_PER_METRIC: Final = 1000
 DEFAULT_MAX_METRICS: Final = 100
-
-
-class LockLike(Protocol):
-    """What a container needs from its lock: a re-entrant context manager (threading.RLock)."""
-
-    def __enter__(self) -> object: ...
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-        /,
-    ) -> bool | None: ...
+_MISSING: Final = object()
 
 
 class BoundedListStats(TypedDict):
@@ -78,7 +66,7 @@ def _check_positive_int(name: str, value: object) -> int:
     return value
 
 
-class BoundedList(Generic[T]):
+class BoundedList(Generic[E]):
     """Append-only list of at most ``max_size`` items; appending to a full list drops the oldest.
 
     Backed by ``collections.deque(maxlen=max_size)``, so append is O(1) and never reallocates
@@ -89,11 +77,11 @@ class BoundedList(Generic[T]):
 
     __slots__ = ("_dropped", "_items", "_lock", "_max_size")
 
-    def __init__(self, max_size: int, *, lock: LockLike | None = None) -> None:
+    def __init__(self, max_size: int, *, lock: AbstractContextManager[Any] | None = None) -> None:
         self._max_size = _check_positive_int("max_size", max_size)
-        self._items: deque[T] = deque(maxlen=self._max_size)
+        self._items: deque[E] = deque(maxlen=self._max_size)
         self._dropped = 0
-        self._lock: LockLike = threading.RLock() if lock is None else lock
+        self._lock: AbstractContextManager[Any] = threading.RLock() if lock is None else lock
 
     @property
     def max_size(self) -> int:
@@ -106,14 +94,14 @@ class BoundedList(Generic[T]):
         with self._lock:
             return self._dropped
 
-    def append(self, item: T) -> None:
+    def append(self, item: E) -> None:
         """Add ``item`` at the end, dropping the oldest item when full."""
         with self._lock:
             if len(self._items) == self._max_size:
                 self._dropped += 1
             self._items.append(item)
 
-    def extend(self, items: Iterable[T]) -> None:
+    def extend(self, items: Iterable[E]) -> None:
         """Append every item in order; only the last ``max_size`` of all items survive.
 
         The iterable is consumed before the lock is taken, so a generator that touches this list
@@ -126,7 +114,7 @@ class BoundedList(Generic[T]):
                 self._dropped += overflow
             self._items.extend(new)
 
-    def snapshot(self) -> list[T]:
+    def snapshot(self) -> list[E]:
         """A copy of the items, oldest first."""
         with self._lock:
             return list(self._items)
@@ -147,7 +135,7 @@ class BoundedList(Generic[T]):
         with self._lock:
             return len(self._items)
 
-    def __iter__(self) -> Iterator[T]:
+    def __iter__(self) -> Iterator[E]:
         return iter(self.snapshot())
 
     def __repr__(self) -> str:
@@ -165,13 +153,18 @@ class BoundedDict(MutableMapping[K, V]):
     A full ``MutableMapping``; ``keys()``, ``values()``, ``items()`` and iteration work on a
     snapshot, so they never raise "mutated during iteration" while other threads write.
 
-    Thread safety: every public method holds the dict's lock, so each call is atomic.
+    Thread safety: every public method holds the dict's lock, so each call is atomic, except
+    ``update()``, which stores its items one locked ``__setitem__`` at a time.
     """
 
     __slots__ = ("_data", "_dropped", "_is_lru", "_lock", "_max_size", "_policy")
 
     def __init__(
-        self, max_size: int, policy: Policy = "lru", *, lock: LockLike | None = None
+        self,
+        max_size: int,
+        policy: Policy = "lru",
+        *,
+        lock: AbstractContextManager[Any] | None = None,
     ) -> None:
         self._max_size = _check_positive_int("max_size", max_size)
         if policy not in POLICIES:
@@ -181,7 +174,7 @@ class BoundedDict(MutableMapping[K, V]):
         self._is_lru = policy == "lru"
         self._data: OrderedDict[K, V] = OrderedDict()
         self._dropped = 0
-        self._lock: LockLike = threading.RLock() if lock is None else lock
+        self._lock: AbstractContextManager[Any] = threading.RLock() if lock is None else lock
 
     @property
     def max_size(self) -> int:
@@ -199,12 +192,16 @@ class BoundedDict(MutableMapping[K, V]):
         with self._lock:
             return self._dropped
 
+    def _read(self, key: K) -> V:
+        """The value for ``key``, refreshed under LRU; KeyError if absent; lock held."""
+        value = self._data[key]
+        if self._is_lru:
+            self._data.move_to_end(key)
+        return value
+
     def __getitem__(self, key: K) -> V:
         with self._lock:
-            value = self._data[key]
-            if self._is_lru:
-                self._data.move_to_end(key)
-            return value
+            return self._read(key)
 
     @overload
     def get(self, key: K, /) -> V | None: ...
@@ -219,25 +216,64 @@ class BoundedDict(MutableMapping[K, V]):
         """The value for ``key`` (refreshing it under LRU), or ``default`` when absent."""
         with self._lock:
             try:
-                value = self._data[key]
+                return self._read(key)
             except KeyError:
                 return default
-            if self._is_lru:
-                self._data.move_to_end(key)
-            return value
 
     def __setitem__(self, key: K, value: V) -> None:
         with self._lock:
-            data = self._data
-            if key in data:
-                data[key] = value
-                if self._is_lru:
-                    data.move_to_end(key)
-                return
-            if len(data) >= self._max_size:
-                data.popitem(last=False)
-                self._dropped += 1
+            self._put(key, value)
+
+    def _put(self, key: K, value: V) -> None:
+        """Insert or replace, evicting one entry if a new key meets a full dict; lock held."""
+        data = self._data
+        if key in data:
             data[key] = value
+            if self._is_lru:
+                data.move_to_end(key)
+            return
+        if len(data) >= self._max_size:
+            data.popitem(last=False)
+            self._dropped += 1
+        data[key] = value
+
+    @overload
+    def pop(self, key: K, /) -> V: ...
+
+    @overload
+    def pop(self, key: K, default: V, /) -> V: ...
+
+    @overload
+    def pop(self, key: K, default: T, /) -> V | T: ...
+
+    def pop(self, key: K, default: object = _MISSING, /) -> object:
+        """Remove ``key`` and return its value, or ``default``; KeyError if absent without one."""
+        with self._lock:
+            if default is _MISSING:
+                return self._data.pop(key)
+            return self._data.pop(key, default)
+
+    def popitem(self) -> tuple[K, V]:
+        """Remove and return the entry that would be evicted next; KeyError when empty."""
+        with self._lock:
+            if not self._data:
+                msg = "popitem(): BoundedDict is empty"
+                raise KeyError(msg)
+            return self._data.popitem(last=False)
+
+    @overload
+    def setdefault(self: BoundedDict[K, T | None], key: K, default: None = None, /) -> T | None: ...
+
+    @overload
+    def setdefault(self, key: K, default: V, /) -> V: ...
+
+    def setdefault(self, key: K, default: object = None, /) -> object:
+        """Return ``d[key]`` (refreshing it under LRU), or insert ``default`` and return it."""
+        with self._lock:
+            if key in self._data:
+                return self._read(key)
+            self._put(key, cast("V", default))
+            return default
 
     def __delitem__(self, key: K) -> None:
         with self._lock:
@@ -345,14 +381,14 @@ class MetricsCollector:
         max_samples_per_metric: int = DEFAULT_MAX_SAMPLES_PER_METRIC,
         max_metrics: int = DEFAULT_MAX_METRICS,
         *,
-        lock: LockLike | None = None,
+        lock: AbstractContextManager[Any] | None = None,
     ) -> None:
         self._max_samples = _check_positive_int("max_samples_per_metric", max_samples_per_metric)
         self._max_metrics = _check_positive_int("max_metrics", max_metrics)
         self._metrics: OrderedDict[str, deque[float]] = OrderedDict()
         self._dropped = 0
         self._dropped_samples = 0
-        self._lock: LockLike = threading.RLock() if lock is None else lock
+        self._lock: AbstractContextManager[Any] = threading.RLock() if lock is None else lock
 
     @property
     def max_samples_per_metric(self) -> int:

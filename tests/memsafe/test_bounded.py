@@ -172,6 +172,38 @@ def test_delete_pop_and_clear_are_not_drops() -> None:
         del d["a"]
 
 
+def test_pop_missing_without_default_raises_key_error() -> None:
+    d = BoundedDict[str, int](2)
+    with pytest.raises(KeyError):
+        d.pop("missing")
+
+
+def test_popitem_removes_the_entry_evicted_next() -> None:
+    d = BoundedDict[str, int](3, "lru")
+    d.update(a=1, b=2, c=3)
+    d.get("a")
+    assert d.popitem() == ("b", 2)
+    assert d.popitem() == ("c", 3)
+    assert d.popitem() == ("a", 1)
+    with pytest.raises(KeyError, match="BoundedDict is empty"):
+        d.popitem()
+    assert d.dropped == 0
+
+
+def test_setdefault_on_a_present_key_refreshes_it_under_lru() -> None:
+    d = BoundedDict[str, int](2, "lru")
+    d.update(a=1, b=2)
+    assert d.setdefault("a", 100) == 1
+    d["c"] = 3
+    assert list(d) == ["a", "c"]
+
+
+def test_setdefault_without_default_stores_none() -> None:
+    d = BoundedDict[str, int | None](2)
+    assert d.setdefault("a") is None
+    assert d == {"a": None}
+
+
 def test_mutable_mapping_mixins_respect_the_bound() -> None:
     d = BoundedDict[int, int](3, "fifo")
     d.update((i, i) for i in range(10))
@@ -385,7 +417,11 @@ def _calls(container: object) -> list[Callable[[], object]]:
             container.items,
             container.stats,
             lambda: container.dropped,
-            lambda: container.__delitem__("k"),
+            lambda: container.setdefault("k", 2),
+            lambda: container.pop("k"),
+            lambda: container.pop("k", None),
+            lambda: container.__setitem__("j", 1),
+            container.popitem,
             container.clear,
         ]
     assert isinstance(container, MetricsCollector)

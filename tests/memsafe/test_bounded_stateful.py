@@ -37,9 +37,7 @@ class BoundedDictModel(RuleBasedStateMachine):
             self.order.remove(key)
             self.order.append(key)
 
-    @rule(key=KEYS, value=VALUES)
-    def set(self, key: int, value: int) -> None:
-        self.subject[key] = value
+    def _model_set(self, key: int, value: int) -> None:
         if key in self.model:
             self._touch(key)
         else:
@@ -49,6 +47,11 @@ class BoundedDictModel(RuleBasedStateMachine):
                 self.model_dropped += 1
             self.order.append(key)
         self.model[key] = value
+
+    @rule(key=KEYS, value=VALUES)
+    def set(self, key: int, value: int) -> None:
+        self.subject[key] = value
+        self._model_set(key, value)
 
     @rule(key=KEYS)
     def get(self, key: int) -> None:
@@ -78,6 +81,18 @@ class BoundedDictModel(RuleBasedStateMachine):
         assert self.subject.pop(key, None) == self.model.pop(key, None)
         if key in self.order:
             self.order.remove(key)
+
+    @rule(key=KEYS, value=VALUES)
+    def setdefault(self, key: int, value: int) -> None:
+        expected = self.model.get(key, value)
+        assert self.subject.setdefault(key, value) == expected
+        self._model_set(key, expected)
+
+    @precondition(lambda self: bool(self.model))
+    @rule()
+    def popitem(self) -> None:
+        key = self.order.pop(0)
+        assert self.subject.popitem() == (key, self.model.pop(key))
 
     @precondition(lambda self: bool(self.model))
     @rule(data=st.data())
