@@ -86,18 +86,17 @@ def request_worker_exit(
     kill(pid, signal.SIGTERM)
 
 
-def check_worker_rss(rss_bytes: int | None = None) -> bool:
-    """Check this worker against the RSSRecycler its post_fork hook installed.
+def check_worker_rss(rss_bytes: int | None = None) -> None:
+    """Count a response and check this worker against the RSSRecycler its post_fork installed.
 
-    For the per-response hook of a middleware (``on_response_rss=check_worker_rss``); a
-    no-op returning False when no recycler runs in this process. Returns True once the
-    worker has been asked to exit.
+    Made for a middleware's per-response hook (``MemoryMonitor(on_response_rss=
+    check_worker_rss)``), which is how UvicornWorker, which calls no gunicorn request hook,
+    gets uWSGI's check-after-each-request. A no-op when no recycler runs in this process.
     """
     recycler = active_recycler()
-    if recycler is None:
-        return False
-    recycler.requests += 1
-    return recycler.check(rss_bytes)
+    if recycler is not None:
+        recycler.requests += 1
+        recycler.check(rss_bytes)
 
 
 class RSSRecycler:
