@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import random
 import statistics
+import threading
 from collections.abc import Callable
 from types import TracebackType
 from typing import Any
@@ -11,7 +13,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from memsafe.bounded import BoundedDict, BoundedList, MetricsCollector, MetricSummary
+from memsafe.bounded import BoundedDict, BoundedList, MetricsCollector, MetricSummary, Policy
 
 
 class CountingLock:
@@ -453,3 +455,89 @@ def test_every_public_method_takes_the_injected_lock(build: Callable[[CountingLo
         call()
         assert lock.enters > before, call
         assert lock.depth == 0
+
+
+# ---------------------------------------------------------------- real threads
+
+
+def _run_threads(target: Callable[[int], None], count: int = 4) -> list[BaseException]:
+    errors: list[BaseException] = []
+    barrier = threading.Barrier(count)
+
+    def guarded(n: int) -> None:
+        barrier.wait()
+        try:
+            target(n)
+        except BaseException as exc:  # reported by the caller, in the test thread
+            errors.append(exc)
+
+    threads = [threading.Thread(target=guarded, args=(n,)) for n in range(count)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=30)
+    return errors
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("policy", ["lru", "fifo"])
+def test_dict_survives_mixed_operations_from_threads(policy: Policy) -> None:
+    d = BoundedDict[int, int](32, policy)
+    oversize: list[int] = []
+
+    def work(n: int) -> None:
+        rng = random.Random(n)
+        for _ in range(3_000):
+            key = rng.randrange(64)
+            op = rng.randrange(7)
+            if op < 3:
+                d[key] = n
+            elif op == 3:
+                d.get(key)
+            elif op == 4:
+                d.pop(key, None)
+            elif op == 5:
+                d.setdefault(key, n)
+            else:
+                for k, _ in d.items():
+                    d.get(k)
+            if len(d) > 32:
+                oversize.append(len(d))
+
+    assert _run_threads(work) == []
+    assert oversize == []
+    stats = d.stats()
+    assert stats["size"] == len(d) <= 32
+    assert stats["dropped"] > 0
+
+
+@pytest.mark.slow
+def test_metrics_record_and_summarise_from_threads() -> None:
+    metrics = MetricsCollector(max_samples_per_metric=50, max_metrics=8)
+
+    def work(n: int) -> None:
+        for i in range(3_000):
+            metrics.record(f"m{(n + i) % 12}", float(i))
+            if i % 100 == 0:
+                metrics.summaries()
+
+    assert _run_threads(work) == []
+    stats = metrics.stats()
+    assert stats["size"] == len(metrics.names()) <= 8
+    assert stats["samples"] <= 8 * 50
+    # every sample recorded is either held or counted as dropped
+    assert stats["samples"] + stats["dropped_samples"] == 4 * 3_000
+
+
+@pytest.mark.slow
+def test_list_counts_every_append_from_threads() -> None:
+    items = BoundedList[int](100)
+
+    def work(n: int) -> None:
+        for i in range(5_000):
+            items.append(i)
+            if i % 500 == 0:
+                items.extend(range(10))
+
+    assert _run_threads(work) == []
+    assert items.stats() == {"size": 100, "max_size": 100, "dropped": 4 * (5_000 + 100) - 100}
