@@ -382,8 +382,10 @@ class MemoryMonitorMiddleware:
     """
 
     def __init__(
-        self, app: ASGIApp, monitor: MemoryMonitor | None = None, **monitor_kwargs: Any
+        self, app: ASGIApp, /, monitor: MemoryMonitor | None = None, **monitor_kwargs: Any
     ) -> None:
+        # ``app`` is positional-only so that mypy accepts the class in Starlette's
+        # ``add_middleware`` (its factory protocol takes ``app`` positional-only).
         if monitor is not None and monitor_kwargs:
             msg = f"pass monitor or MemoryMonitor keyword arguments, not both: {monitor_kwargs!r}"
             raise TypeError(msg)
