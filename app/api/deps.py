@@ -1,0 +1,70 @@
+"""FastAPI dependencies: the objects the lifespan built, and the admin bearer-token check."""
+
+from __future__ import annotations
+
+import hmac
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Annotated, Any
+
+from fastapi import Depends, HTTPException, Request, status
+
+from app.core.config import Settings
+
+if TYPE_CHECKING:
+    from app.core.metrics import RequestMetrics
+    from app.services.users import UserDataService
+    from app.store import UserStore
+
+
+@dataclass
+class AppState:
+    """What the lifespan built for this worker; stored as `app.state.runtime`."""
+
+    settings: Settings
+    started_at: float
+    request_metrics: RequestMetrics
+    monitor: Any
+    manager: Any = None
+    store: UserStore | None = None
+    users: UserDataService | None = None
+    cleanup: Any = None
+
+
+def get_state(request: Request) -> AppState:
+    """The AppState of the app serving this request."""
+    state: AppState = request.app.state.runtime
+    return state
+
+
+def get_user_service(request: Request) -> UserDataService:
+    """The UserDataService; 503 when the lifespan has not started (or has stopped) the app."""
+    service = get_state(request).users
+    if service is None:
+        raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, "user store is not open")
+    return service
+
+
+StateDep = Annotated[AppState, Depends(get_state)]
+UsersDep = Annotated["UserDataService", Depends(get_user_service)]
+
+
+def require_admin(request: Request) -> None:
+    """Allow the request only with `Authorization: Bearer <ADMIN_TOKEN>` (constant-time compare).
+
+    Raises:
+        HTTPException: 401 without a bearer token, 403 with a wrong one.
+    """
+    token = get_state(request).settings.admin.token
+    if token is None:  # routes are not mounted then; kept as a second guard
+        raise HTTPException(status.HTTP_404_NOT_FOUND, "Not Found")
+    header = request.headers.get("authorization", "")
+    scheme, _, given = header.partition(" ")
+    if scheme.lower() != "bearer" or not given:
+        raise HTTPException(
+            status.HTTP_401_UNAUTHORIZED,
+            "admin endpoints need 'Authorization: Bearer <token>'",
+            headers={"WWW-Authenticate": "Bearer"},
+        )
+    expected = token.get_secret_value().encode("utf-8")
+    if not hmac.compare_digest(given.strip().encode("utf-8"), expected):
+        raise HTTPException(status.HTTP_403_FORBIDDEN, "admin token is wrong")

@@ -1,0 +1,363 @@
+"""Settings: a YAML profile, then APP_* env overrides, validated into one typed object."""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import os
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from contextvars import ContextVar
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
+from pydantic.fields import FieldInfo
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    YamlConfigSettingsSource,
+)
+
+logger = logging.getLogger(__name__)
+
+CONFIG_ENV_VAR = "APP_CONFIG"
+DEFAULT_CONFIG_PATH = "config/local.yaml"
+ENV_PREFIX = "APP_"
+MIB = 1024 * 1024
+
+_yaml_path: ContextVar[Path | None] = ContextVar("_yaml_path", default=None)
+
+
+class SettingsError(Exception):
+    """Invalid configuration: the message names the file, the key, the value and what is allowed."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ServerSettings(_Section):
+    """How gunicorn serves the app (read by config/gunicorn.conf.py)."""
+
+    workers: int = Field(default=1, ge=1, le=32)
+    worker_class: Literal["asgi", "uvicorn"] = "asgi"
+    timeout_seconds: int = Field(default=30, ge=5, le=600)
+    graceful_timeout_seconds: int = Field(default=20, ge=1, le=300)
+    keepalive_seconds: int = Field(default=5, ge=0, le=300)
+    max_requests: int = Field(default=0, ge=0, le=10_000_000)
+    max_requests_jitter: int = Field(default=0, ge=0, le=1_000_000)
+    max_worker_rss_mb: int | None = Field(default=None, ge=32, le=65_536)
+    rss_check_interval_seconds: float = Field(default=1.0, gt=0.0, le=600.0)
+    preload: bool = True
+    forwarded_allow_ips: str = "127.0.0.1"
+
+
+class CacheSettings(_Section):
+    """One LRU cache: count bound, default TTL and optional byte bound."""
+
+    max_size: int = Field(default=10_000, ge=1, le=10_000_000)
+    ttl_seconds: float | None = Field(default=300.0, gt=0, le=86_400 * 7)
+    max_bytes: int | None = Field(default=None, ge=1024, le=64 * 1024 * MIB)
+
+
+class CachesSettings(_Section):
+    """Every named cache plus the byte budget they share."""
+
+    total_budget_mb: int | None = Field(default=64, ge=1, le=65_536)
+    users: CacheSettings = CacheSettings()
+
+
+class MemorySettings(_Section):
+    """Thresholds and cadence of the per-worker cleanup service."""
+
+    soft_limit_mb: int | None = Field(default=None, ge=32, le=65_536)
+    hard_limit_mb: int | None = Field(default=None, ge=32, le=65_536)
+    recycle_limit_mb: int | None = Field(default=None, ge=32, le=65_536)
+    soft_fraction: float | None = Field(default=None, gt=0.0, le=1.0)
+    hard_fraction: float | None = Field(default=None, gt=0.0, le=1.0)
+    recycle_fraction: float | None = Field(default=None, gt=0.0, le=1.0)
+    interval_seconds: float = Field(default=30.0, ge=0.5, le=3600.0)
+    hysteresis_mb: int = Field(default=16, ge=0, le=4096)
+    min_full_gc_gap_seconds: float = Field(default=60.0, ge=0.0, le=86_400.0)
+    periodic_gc_seconds: float | None = Field(default=None, gt=0, le=86_400.0)
+    shrink_fraction: float = Field(default=0.5, gt=0.0, le=1.0)
+
+
+class MonitorSettings(_Section):
+    """The per-request memory monitor middleware."""
+
+    enabled: bool = True
+    add_headers: bool = False
+    alert_delta_mb: float = Field(default=16.0, gt=0, le=65_536)
+    alert_rss_mb: float | None = Field(default=None, gt=0, le=65_536)
+    max_routes: int = Field(default=200, ge=1, le=100_000)
+    max_alerts: int = Field(default=100, ge=1, le=100_000)
+
+
+class PayloadSettings(_Section):
+    """The /payload demo endpoint."""
+
+    max_size_kib: int = Field(default=1024, ge=1, le=64 * 1024)
+
+
+class StoreSettings(_Section):
+    """The embedded SQLite user store."""
+
+    path: Path = Path("data/app.sqlite3")
+    seed_users: int = Field(default=10_000, ge=0, le=10_000_000)
+
+
+class LoggingSettings(_Section):
+    """Log level and access log of the app (stdout, one line per event)."""
+
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    access_log: bool = False
+
+
+class AdminSettings(_Section):
+    """Admin endpoints; the token comes from the environment only."""
+
+    token: SecretStr | None = None
+
+
+class Settings(BaseSettings):
+    """Every setting of the service, from env > YAML profile > these defaults."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX,
+        env_nested_delimiter="__",
+        extra="forbid",
+        frozen=True,
+        case_sensitive=False,
+    )
+
+    server: ServerSettings = ServerSettings()
+    caches: CachesSettings = CachesSettings()
+    memory: MemorySettings = MemorySettings()
+    monitor: MonitorSettings = MonitorSettings()
+    payload: PayloadSettings = PayloadSettings()
+    store: StoreSettings = StoreSettings()
+    logging: LoggingSettings = LoggingSettings()
+    admin: AdminSettings = AdminSettings()
+    config_file: Path | None = None
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        sources: list[PydanticBaseSettingsSource] = [
+            init_settings,
+            env_settings,
+            _PlatformEnvSource(settings_cls),
+        ]
+        path = _yaml_path.get()
+        if path is not None:
+            sources.append(YamlConfigSettingsSource(settings_cls, yaml_file=path))
+        return tuple(sources)
+
+    def masked(self) -> dict[str, Any]:
+        """The effective settings as plain data, secrets replaced by '**********'."""
+        data = self.model_dump(mode="json")
+        if self.admin.token is not None:
+            data["admin"]["token"] = "**********"
+        return data
+
+
+class _PlatformEnvSource(PydanticBaseSettingsSource):
+    """Un-prefixed env vars platforms set: WEB_CONCURRENCY (Render) and ADMIN_TOKEN."""
+
+    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
+        return None, field_name, False  # unused: __call__ builds the whole mapping
+
+    def __call__(self) -> dict[str, Any]:
+        data: dict[str, Any] = {}
+        concurrency = os.environ.get("WEB_CONCURRENCY", "").strip()
+        if concurrency:
+            data["server"] = {"workers": concurrency}
+        token = os.environ.get("ADMIN_TOKEN", "")
+        if token:
+            data["admin"] = {"token": token}
+        return data
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        msg = (
+            f"settings file {str(path)!r} (from {CONFIG_ENV_VAR}) not found; "
+            f"allowed: an existing YAML file such as config/local.yaml, "
+            f"config/starter.yaml or config/standard.yaml"
+        )
+        raise SettingsError(msg)
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        msg = f"settings file {str(path)!r} is not valid YAML: {exc}"
+        raise SettingsError(msg) from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        msg = f"settings file {str(path)!r}: top level is {type(data).__name__}; allowed: a mapping"
+        raise SettingsError(msg)
+    return data
+
+
+def _env_name(loc: tuple[str | int, ...]) -> str:
+    return ENV_PREFIX + "__".join(str(part).upper() for part in loc)
+
+
+def _origin(loc: tuple[str | int, ...], path: Path | None) -> str:
+    """Where a key's value came from: an env var when one is set, else the YAML file."""
+    env_name = _env_name(loc)
+    if env_name in os.environ:
+        return f"env {env_name}"
+    if loc == ("server", "workers") and os.environ.get("WEB_CONCURRENCY"):
+        return "env WEB_CONCURRENCY"
+    if loc[:1] == ("admin",) and os.environ.get("ADMIN_TOKEN"):
+        return "env ADMIN_TOKEN"
+    return f"file {str(path)!r}" if path is not None else "code defaults"
+
+
+def _from_validation_error(exc: ValidationError, path: Path | None) -> SettingsError:
+    errors = exc.errors(include_url=False)
+    first = errors[0]
+    loc = tuple(first["loc"])
+    key = ".".join(str(part) for part in loc)
+    value = first.get("input")
+    if first["type"] == "extra_forbidden":
+        allowed = "one of " + ", ".join(_known_keys(loc[:-1]))
+        text = f"unknown key {key!r}"
+    else:
+        allowed = first["msg"]
+        text = f"key {key!r} has invalid value {value!r}"
+    if "token" in key:
+        text = f"key {key!r} is invalid"
+    more = f" (and {len(errors) - 1} more error(s))" if len(errors) > 1 else ""
+    msg = f"invalid settings in {_origin(loc, path)}: {text}; allowed: {allowed}{more}"
+    return SettingsError(msg)
+
+
+def _known_keys(section: tuple[str | int, ...]) -> list[str]:
+    model: type[BaseModel] = Settings
+    for part in section:
+        annotation = model.model_fields[str(part)].annotation
+        if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
+            return []
+        model = annotation
+    return sorted(name for name in model.model_fields if name != "config_file")
+
+
+_LEVELS = ("soft", "hard", "recycle")
+
+
+def _present(pairs: list[tuple[str, float | None]]) -> list[tuple[str, float]]:
+    return [(key, value) for key, value in pairs if value is not None]
+
+
+def _check_cross_fields(settings: Settings, path: Path | None) -> None:
+    """Rules that span keys: limit ordering and the cache budget under the memory limits."""
+    mem = settings.memory
+    where = f"file {str(path)!r}" if path is not None else "code defaults"
+    present = _present(
+        [(f"memory.{lvl}_limit_mb", getattr(mem, f"{lvl}_limit_mb")) for lvl in _LEVELS]
+    )
+    fractions = _present(
+        [(f"memory.{lvl}_fraction", getattr(mem, f"{lvl}_fraction")) for lvl in _LEVELS]
+    )
+    for pairs in (present, fractions):
+        for (low_key, low), (high_key, high) in itertools.pairwise(pairs):
+            if low >= high:
+                msg = (
+                    f"invalid settings in {where}: {low_key}={low} must be below "
+                    f"{high_key}={high}; allowed: soft < hard < recycle"
+                )
+                raise SettingsError(msg)
+    budget = settings.caches.total_budget_mb
+    limits = [value for _, value in present]
+    if budget is not None and limits and budget >= min(limits):
+        msg = (
+            f"invalid settings in {where}: caches.total_budget_mb={budget} is not below the "
+            f"lowest memory limit ({min(limits)} MiB); allowed: 1..{min(limits) - 1}"
+        )
+        raise SettingsError(msg)
+    users = settings.caches.users
+    if budget is not None and users.max_bytes is not None and users.max_bytes > budget * MIB:
+        msg = (
+            f"invalid settings in {where}: caches.users.max_bytes={users.max_bytes} is above "
+            f"caches.total_budget_mb={budget} MiB; allowed: 1024..{budget * MIB}"
+        )
+        raise SettingsError(msg)
+    server = settings.server
+    if server.max_requests and server.max_requests_jitter >= server.max_requests:
+        msg = (
+            f"invalid settings in {where}: server.max_requests_jitter="
+            f"{server.max_requests_jitter} must be below server.max_requests="
+            f"{server.max_requests}; allowed: 0..{server.max_requests - 1}"
+        )
+        raise SettingsError(msg)
+
+
+def load_settings(path: str | Path | None = None) -> Settings:
+    """Build settings from the YAML profile at `path` (default: $APP_CONFIG) plus env vars.
+
+    Raises:
+        SettingsError: one message naming the file or env var, the key, the value, what is allowed.
+    """
+    if path is None:
+        path = os.environ.get(CONFIG_ENV_VAR) or DEFAULT_CONFIG_PATH
+    yaml_path = Path(path)
+    data = _read_yaml(yaml_path)
+    admin = data.get("admin")
+    if isinstance(admin, dict) and "token" in admin:
+        msg = (
+            f"invalid settings in file {str(yaml_path)!r}: key 'admin.token' must not be in a "
+            "file; allowed: env ADMIN_TOKEN or APP_ADMIN__TOKEN"
+        )
+        raise SettingsError(msg)
+    if "config_file" in data:
+        msg = f"invalid settings in file {str(yaml_path)!r}: unknown key 'config_file'"
+        raise SettingsError(msg)
+    with _yaml_source(yaml_path):
+        try:
+            settings = Settings(config_file=yaml_path)
+        except ValidationError as exc:
+            raise _from_validation_error(exc, yaml_path) from None
+    _check_cross_fields(settings, yaml_path)
+    return settings
+
+
+@contextmanager
+def _yaml_source(path: Path) -> Iterator[None]:
+    token = _yaml_path.set(path)
+    try:
+        yield
+    finally:
+        _yaml_path.reset(token)
+
+
+def get_settings() -> Settings:
+    """Settings for this process, read from $APP_CONFIG (default config/local.yaml) and env."""
+    return load_settings()
+
+
+def log_settings(settings: Settings) -> None:
+    """Log the effective settings once, on one line, secrets masked."""
+    logger.info("effective settings: %s", _flatten(settings.masked()))
+
+
+def _flatten(data: Mapping[str, Any], prefix: str = "") -> str:
+    parts: list[str] = []
+    for key, value in data.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            parts.append(_flatten(value, f"{name}."))
+        else:
+            parts.append(f"{name}={value}")
+    return " ".join(parts)

@@ -1,0 +1,194 @@
+"""Per-route request metrics and a Prometheus collector that reads live state, labelled by pid."""
+
+from __future__ import annotations
+
+import bisect
+import os
+import threading
+import time
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING, Any
+
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
+from prometheus_client.registry import Collector
+
+if TYPE_CHECKING:
+    from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+LATENCY_BUCKETS_SECONDS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+UNMATCHED_ROUTE = "<unmatched>"
+OTHER_ROUTE = "<other>"
+
+Snapshot = dict[str, Any]
+
+
+class RequestMetrics:
+    """Request counts and latency histograms per (method, route template), bounded in routes.
+
+    Route labels are templates (`/users/{user_id}`), never raw paths, and at most `max_routes`
+    distinct ones are kept; the rest count under `<other>`, so label cardinality stays bounded.
+    Thread safety: one lock around a few dict updates per request.
+    """
+
+    def __init__(self, max_routes: int = 200) -> None:
+        if max_routes < 1:
+            msg = f"max_routes must be >= 1, got {max_routes!r}"
+            raise ValueError(msg)
+        self.max_routes = max_routes
+        self._lock = threading.Lock()
+        self._counts: dict[tuple[str, str, str], int] = {}
+        self._latency: dict[tuple[str, str], list[float]] = {}
+        self._routes: set[str] = set()
+
+    def observe(self, method: str, route: str, status: int, seconds: float) -> None:
+        """Count one finished request and its latency."""
+        bucket = bisect.bisect_left(LATENCY_BUCKETS_SECONDS, seconds)
+        with self._lock:
+            if route not in self._routes:
+                if len(self._routes) >= self.max_routes:
+                    route = OTHER_ROUTE
+                self._routes.add(route)
+            key = (method, route, str(status))
+            self._counts[key] = self._counts.get(key, 0) + 1
+            hist = self._latency.get((method, route))
+            if hist is None:
+                # per-bucket counts, then +Inf bucket, then the sum of seconds
+                hist = [0.0] * (len(LATENCY_BUCKETS_SECONDS) + 2)
+                self._latency[(method, route)] = hist
+            hist[bucket] += 1
+            hist[-1] += seconds
+
+    def snapshot(self) -> Snapshot:
+        """Plain data: request counts and histograms, copied under the lock."""
+        with self._lock:
+            return {
+                "requests": [[*key, count] for key, count in self._counts.items()],
+                "latency": [[*key, list(hist)] for key, hist in self._latency.items()],
+            }
+
+
+class RequestMetricsMiddleware:
+    """Pure ASGI: times each HTTP request and records it under its route template."""
+
+    def __init__(self, app: ASGIApp, metrics: RequestMetrics) -> None:
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        status = 500
+
+        async def send_status(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_status)
+        finally:
+            route = scope.get("route")
+            template = getattr(route, "path", None) or UNMATCHED_ROUTE
+            self.metrics.observe(scope["method"], template, status, time.perf_counter() - started)
+
+
+class LiveCollector(Collector):
+    """Builds Prometheus families at scrape time from snapshot functions (no shared files).
+
+    `snapshot()` returns this worker's live state; every sample carries `pid`, so the series of
+    several gunicorn workers never collide and `sum by (route)` adds them up.
+    """
+
+    def __init__(self, snapshot: Callable[[], Snapshot]) -> None:
+        self._snapshot = snapshot
+
+    def collect(self) -> Iterator[Metric]:
+        yield from families([self._snapshot()])
+
+
+def families(snapshots: list[Snapshot]) -> Iterator[Metric]:
+    """Prometheus metric families for one or more worker snapshots."""
+    requests = CounterMetricFamily(
+        "app_http_requests",
+        "HTTP requests by route template",
+        labels=["pid", "method", "route", "status"],
+    )
+    latency = HistogramMetricFamily(
+        "app_http_request_duration_seconds",
+        "HTTP request latency by route template",
+        labels=["pid", "method", "route"],
+    )
+    rss = GaugeMetricFamily("app_process_rss_bytes", "Resident set size", labels=["pid"])
+    cache_counters = {
+        name: CounterMetricFamily(f"app_cache_{name}", f"Cache {name}", labels=["pid", "cache"])
+        for name in ("hits", "misses", "evictions", "expirations")
+    }
+    cache_size = GaugeMetricFamily(
+        "app_cache_entries", "Entries in the cache", labels=["pid", "cache"]
+    )
+    cache_bytes = GaugeMetricFamily(
+        "app_cache_bytes", "Bytes held by the cache", labels=["pid", "cache"]
+    )
+    cleanup_passes = CounterMetricFamily("app_cleanup_passes", "Cleanup passes", labels=["pid"])
+    cleanup_failures = CounterMetricFamily(
+        "app_cleanup_failures", "Failed cleanup passes", labels=["pid"]
+    )
+    cleanup_full_gcs = CounterMetricFamily(
+        "app_cleanup_full_gcs", "Full gc.collect() runs by the cleaner", labels=["pid"]
+    )
+    cleanup_level = GaugeMetricFamily(
+        "app_cleanup_level", "Current cleanup level (1 for the active one)", labels=["pid", "level"]
+    )
+    for snap in snapshots:
+        pid = str(snap["pid"])
+        for method, route, status, count in snap.get("requests", []):
+            requests.add_metric([pid, method, route, status], count)
+        for method, route, hist in snap.get("latency", []):
+            cumulative, buckets = 0.0, []
+            for bound, count in zip(
+                (*LATENCY_BUCKETS_SECONDS, float("inf")), hist[:-1], strict=True
+            ):
+                cumulative += count
+                buckets.append((_bound(bound), cumulative))
+            latency.add_metric([pid, method, route], buckets, hist[-1])
+        rss.add_metric([pid], snap.get("rss_bytes", 0))
+        for cache, stats in snap.get("caches", {}).items():
+            for name, family in cache_counters.items():
+                family.add_metric([pid, cache], stats.get(name, 0))
+            cache_size.add_metric([pid, cache], stats.get("size", 0))
+            cache_bytes.add_metric([pid, cache], stats.get("bytes", 0))
+        cleanup = snap.get("cleanup")
+        if cleanup:
+            cleanup_passes.add_metric([pid], cleanup.get("passes", 0))
+            cleanup_failures.add_metric([pid], cleanup.get("failures", 0))
+            cleanup_full_gcs.add_metric([pid], cleanup.get("full_gcs", 0))
+            current = cleanup.get("level", "normal")
+            for level in ("normal", "soft", "hard", "recycle"):
+                cleanup_level.add_metric([pid, level], 1.0 if level == current else 0.0)
+    yield requests
+    yield latency
+    yield rss
+    yield from cache_counters.values()
+    yield cache_size
+    yield cache_bytes
+    yield cleanup_passes
+    yield cleanup_failures
+    yield cleanup_full_gcs
+    yield cleanup_level
+
+
+def _bound(value: float) -> str:
+    return "+Inf" if value == float("inf") else repr(value)
+
+
+def current_pid() -> int:
+    """This process's pid (read per call: gunicorn workers are forks of the master)."""
+    return os.getpid()

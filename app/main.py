@@ -1,0 +1,187 @@
+"""The FastAPI app: create_app(settings), and a lifespan that sets up and tears down a worker."""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import FastAPI
+from prometheus_client import CollectorRegistry
+from starlette.concurrency import run_in_threadpool
+
+from app.api.deps import AppState
+from app.api.routes import admin, health, metrics, payload, users
+from app.core.config import MIB, Settings, get_settings, log_settings
+from app.core.logging import RequestIdMiddleware, configure_logging
+from app.core.metrics import LiveCollector, RequestMetrics, RequestMetricsMiddleware, Snapshot
+from app.services.users import UserDataService
+from app.store import UserStore, ensure_seeded
+from app.version import VERSION
+from memsafe.cleanup import CleanupConfig, MemoryCleanupService
+from memsafe.manager import CacheManager
+from memsafe.middleware import MemoryMonitor, MemoryMonitorMiddleware
+from memsafe.probes import process_rss_bytes
+from memsafe.recycle import check_worker_rss, current_worker, request_worker_exit
+
+logger = logging.getLogger(__name__)
+
+USERS_CACHE = "users"
+
+
+def cleanup_config(settings: Settings) -> CleanupConfig:
+    """The MemoryCleanupService configuration for these settings."""
+    mem = settings.memory
+    return CleanupConfig(
+        interval_seconds=mem.interval_seconds,
+        soft_limit_mb=mem.soft_limit_mb,
+        hard_limit_mb=mem.hard_limit_mb,
+        recycle_limit_mb=mem.recycle_limit_mb,
+        soft_fraction=mem.soft_fraction,
+        hard_fraction=mem.hard_fraction,
+        recycle_fraction=mem.recycle_fraction,
+        hysteresis_mb=mem.hysteresis_mb,
+        min_full_gc_gap_seconds=mem.min_full_gc_gap_seconds,
+        periodic_gc_seconds=mem.periodic_gc_seconds,
+        shrink_fraction=mem.shrink_fraction,
+        shutdown_timeout_seconds=min(5.0, settings.server.graceful_timeout_seconds),
+    )
+
+
+def recycle_worker(reason: str) -> None:
+    """Cleanup's recycle level: under gunicorn, exit gracefully so the master forks a new worker.
+
+    Without a gunicorn worker in this process (uvicorn --reload, TestClient) nothing would
+    replace it, so it only logs.
+    """
+    if current_worker() is None:
+        logger.warning("recycle requested (%s) but no gunicorn master here; staying up", reason)
+        return
+    request_worker_exit(reason)
+
+
+@asynccontextmanager
+async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+    """Per worker: caches, store, cleanup service up; all of it down again on shutdown."""
+    state: AppState = app.state.runtime
+    settings = state.settings
+    store_settings = settings.store
+    # Seeding takes ~0.1 s once per fresh clone; under gunicorn on_starting has done it already.
+    await run_in_threadpool(ensure_seeded, store_settings.path, store_settings.seed_users)
+    budget_mb = settings.caches.total_budget_mb
+    manager = CacheManager(max_total_bytes=budget_mb * MIB if budget_mb is not None else None)
+    cache_settings = settings.caches.users
+    cache = manager.create_cache(
+        USERS_CACHE,
+        max_size=cache_settings.max_size,
+        ttl_seconds=cache_settings.ttl_seconds,
+        max_bytes=cache_settings.max_bytes,
+    )
+    store = UserStore(store_settings.path)
+    cleanup = MemoryCleanupService(
+        cleanup_config(settings), manager=manager, recycle=recycle_worker
+    )
+    state.manager, state.store = manager, store
+    state.users = UserDataService(store, cache)
+    cleanup.start()
+    state.cleanup = cleanup
+    logger.info(
+        "worker ready: %d users in %s, cache %r max_size=%d, rss %.1f MiB",
+        store_settings.seed_users,
+        store_settings.path,
+        USERS_CACHE,
+        cache_settings.max_size,
+        process_rss_bytes() / MIB,
+    )
+    try:
+        yield
+    finally:
+        state.users = None
+        await cleanup.stop()
+        state.cleanup = None
+        manager.reset()
+        store.close()
+        state.store = None
+        logger.info("worker stopped: cleanup, caches and store closed")
+
+
+def _snapshot(state: AppState) -> Snapshot:
+    snap: Snapshot = state.request_metrics.snapshot()
+    snap["pid"] = os.getpid()
+    snap["rss_bytes"] = process_rss_bytes()
+    if state.manager is not None:
+        snap["caches"] = state.manager.get_cache_stats()["caches"]
+    if state.cleanup is not None:
+        stats: dict[str, Any] = state.cleanup.stats()
+        snap["cleanup"] = {
+            "level": stats.get("level", "normal"),
+            "passes": stats.get("passes", 0),
+            "failures": stats.get("failures", 0),
+            "full_gcs": stats.get("full_gcs", 0),
+        }
+    return snap
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    """The service wired from `settings` (default: get_settings(), from $APP_CONFIG and env)."""
+    if settings is None:
+        settings = get_settings()
+    configure_logging(settings.logging.level)
+    log_settings(settings)
+    app = FastAPI(
+        title="Render memsafe FastAPI template",
+        version=VERSION,
+        lifespan=lifespan,
+    )
+    monitor_settings = settings.monitor
+    monitor = MemoryMonitor(
+        alert_delta_mb=monitor_settings.alert_delta_mb,
+        alert_rss_mb=monitor_settings.alert_rss_mb,
+        add_headers=monitor_settings.add_headers,
+        max_routes=monitor_settings.max_routes,
+        max_alerts=monitor_settings.max_alerts,
+        on_response_rss=check_worker_rss,
+    )
+    state = AppState(
+        settings=settings,
+        started_at=time.monotonic(),
+        request_metrics=RequestMetrics(max_routes=monitor_settings.max_routes),
+        monitor=monitor if monitor_settings.enabled else None,
+    )
+    app.state.runtime = state
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(LiveCollector(lambda: _snapshot(state)))
+    app.state.prometheus_registry = registry
+
+    app.include_router(health.router)
+    app.include_router(users.router)
+    app.include_router(payload.router)
+    app.include_router(metrics.router)
+    if settings.admin.token is not None:
+        app.include_router(admin.router)
+    else:
+        logger.info("admin routes not mounted: set ADMIN_TOKEN to enable /admin/*")
+
+    # add_middleware wraps: the last added runs first (request id, then metrics, then memory).
+    if monitor_settings.enabled:
+        app.add_middleware(MemoryMonitorMiddleware, monitor=monitor)
+    app.add_middleware(RequestMetricsMiddleware, metrics=state.request_metrics)
+    app.add_middleware(RequestIdMiddleware, access_log=settings.logging.access_log)
+    return app
+
+
+_app: FastAPI | None = None
+
+
+def __getattr__(name: str) -> Any:
+    """`app`, built on first access: `gunicorn app.main:app` reads settings then, not at import."""
+    global _app
+    if name == "app":
+        if _app is None:
+            _app = create_app()
+        return _app
+    msg = f"module {__name__!r} has no attribute {name!r}"
+    raise AttributeError(msg)

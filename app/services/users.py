@@ -1,0 +1,47 @@
+"""UserDataService: users read through a bounded LRU cache over the SQLite store."""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING, Any
+
+from starlette.concurrency import run_in_threadpool
+
+if TYPE_CHECKING:
+    from app.store import User, UserStore
+
+logger = logging.getLogger(__name__)
+
+_MISSING: Any = object()
+
+
+class UserDataService:
+    """Reads users through `cache` (a memsafe LRUCache) and falls back to the store.
+
+    Unknown ids are cached too (as None), so a scan of missing ids cannot hammer SQLite.
+    Thread safety: the cache has its own lock; the store has one connection per thread.
+    """
+
+    def __init__(self, store: UserStore, cache: Any) -> None:
+        self.store = store
+        self.cache = cache
+
+    def get_user(self, user_id: int) -> User | None:
+        """The user with `user_id` (None when unknown), from the cache when it holds it."""
+        user = self.cache.get(user_id, _MISSING)
+        if user is _MISSING:
+            user = self.store.get_user(user_id)
+            self.cache.set(user_id, user)
+        return user  # type: ignore[no-any-return]  # cache values are User | None
+
+    async def get_user_async(self, user_id: int) -> User | None:
+        """Like get_user, but a cache miss reads SQLite in the threadpool, off the event loop."""
+        user = self.cache.get(user_id, _MISSING)
+        if user is _MISSING:
+            user = await run_in_threadpool(self.store.get_user, user_id)
+            self.cache.set(user_id, user)
+        return user  # type: ignore[no-any-return]  # cache values are User | None
+
+    def stats(self) -> dict[str, Any]:
+        """The cache's stats (hits, misses, evictions, size, bytes, hit_rate)."""
+        return dict(self.cache.stats())

@@ -1,0 +1,171 @@
+"""Embedded SQLite user store, created and seeded once even when several workers start at once."""
+
+from __future__ import annotations
+
+import fcntl
+import logging
+import random
+import sqlite3
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+logger = logging.getLogger(__name__)
+
+SEED_BATCH_ROWS = 5_000
+SEED_RANDOM = 20_240_601  # fixed seed: every fresh clone gets the same demo users
+CONNECTION_CACHE_KIB = 1024  # SQLite page cache per connection; the table is ~1 MiB
+_FIRST = (
+    "Ada",
+    "Alan",
+    "Grace",
+    "Linus",
+    "Barbara",
+    "Ken",
+    "Guido",
+    "Margaret",
+    "Dennis",
+    "Frances",
+)
+_LAST = ("Lovelace", "Turing", "Hopper", "Torvalds", "Liskov", "Thompson", "Rossum", "Hamilton")
+_CITIES = ("Berlin", "Lagos", "Lima", "Osaka", "Oslo", "Pune", "Quito", "Seattle", "Sydney")
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS users (
+    id INTEGER PRIMARY KEY,
+    name TEXT NOT NULL,
+    email TEXT NOT NULL,
+    city TEXT NOT NULL,
+    created_at TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+"""
+
+User = dict[str, Any]
+
+
+def _demo_user(user_id: int, rng: random.Random) -> tuple[int, str, str, str, str]:
+    first, last = rng.choice(_FIRST), rng.choice(_LAST)
+    day = 1 + user_id % 28
+    return (
+        user_id,
+        f"{first} {last}",
+        f"{first.lower()}.{last.lower()}{user_id}@example.com",
+        rng.choice(_CITIES),
+        f"2024-{1 + user_id % 12:02d}-{day:02d}T00:00:00Z",
+    )
+
+
+def ensure_seeded(path: Path, users: int) -> bool:
+    """Create the database at `path` with `users` demo users unless already done.
+
+    Safe when several processes call it at once: an exclusive flock on `<path>.lock` serialises
+    them, and the seed commits in one transaction with a `meta.seeded_users` marker, so a crash
+    mid-seed leaves no half-filled table. Returns True when this call did the seeding.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    lock_path = path.with_name(path.name + ".lock")
+    with lock_path.open("a") as lock_file:
+        fcntl.flock(lock_file, fcntl.LOCK_EX)
+        try:
+            return _seed_locked(path, users)
+        finally:
+            fcntl.flock(lock_file, fcntl.LOCK_UN)
+
+
+def _seed_locked(path: Path, users: int) -> bool:
+    conn = sqlite3.connect(path, isolation_level=None)
+    try:
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.executescript(_SCHEMA)
+        row = conn.execute("SELECT value FROM meta WHERE key = 'seeded_users'").fetchone()
+        if row is not None and int(row[0]) >= users:
+            return False
+        started = time.perf_counter()
+        rng = random.Random(SEED_RANDOM)
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            conn.execute("DELETE FROM users")
+            for start in range(1, users + 1, SEED_BATCH_ROWS):
+                stop = min(start + SEED_BATCH_ROWS, users + 1)
+                conn.executemany(
+                    "INSERT INTO users VALUES (?, ?, ?, ?, ?)",
+                    (_demo_user(i, rng) for i in range(start, stop)),
+                )
+            conn.execute(
+                "INSERT OR REPLACE INTO meta VALUES ('seeded_users', ?)",
+                (str(users),),
+            )
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        logger.info(
+            "seeded %d demo users into %s in %.2fs", users, path, time.perf_counter() - started
+        )
+        return True
+    finally:
+        conn.close()
+
+
+class UserStore:
+    """Read-only access to the users table through one connection per thread.
+
+    Thread safety: each thread (the event loop thread or a threadpool thread) gets its own
+    connection, so lookups never wait on each other; `close()` closes every one of them.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._local = threading.local()
+        self._lock = threading.Lock()
+        self._connections: list[sqlite3.Connection] = []
+        self._closed = False
+
+    def _connection(self) -> sqlite3.Connection:
+        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        if conn is not None:
+            return conn
+        with self._lock:
+            if self._closed:
+                msg = f"store {str(self.path)!r} is closed"
+                raise RuntimeError(msg)
+            conn = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True, check_same_thread=False)
+            conn.execute(f"PRAGMA cache_size=-{CONNECTION_CACHE_KIB}")
+            self._connections.append(conn)
+        self._local.conn = conn
+        return conn
+
+    def get_user(self, user_id: int) -> User | None:
+        """The user with `user_id`, or None when there is none."""
+        row = (
+            self._connection()
+            .execute(
+                "SELECT id, name, email, city, created_at FROM users WHERE id = ?",
+                (user_id,),
+            )
+            .fetchone()
+        )
+        if row is None:
+            return None
+        return {"id": row[0], "name": row[1], "email": row[2], "city": row[3], "created_at": row[4]}
+
+    def count(self) -> int:
+        """How many users the store holds."""
+        row = self._connection().execute("SELECT COUNT(*) FROM users").fetchone()
+        return int(row[0])
+
+    @property
+    def connections(self) -> int:
+        """Open connections (one per thread that has read)."""
+        with self._lock:
+            return len(self._connections)
+
+    def close(self) -> None:
+        """Close every connection; later reads raise RuntimeError."""
+        with self._lock:
+            self._closed = True
+            for conn in self._connections:
+                conn.close()
+            self._connections.clear()
