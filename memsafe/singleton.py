@@ -54,7 +54,9 @@ class SingletonMeta(type):
     The first call constructs the instance; later calls return it and ignore their arguments.
     Once built, lookups take no lock (double-checked locking: a dict read is atomic in CPython).
     A subclass of a singleton class gets its own instance. Constructing a singleton from inside
-    its own ``__init__`` raises ``RuntimeError`` instead of recursing.
+    its own ``__init__`` raises ``RuntimeError`` instead of recursing. The lock is shared by all
+    singleton classes (so one setup may build another without lock-order deadlocks): a slow
+    setup delays other classes' *first* construction, never a lookup of a built instance.
 
     Thread safety: construction runs under one process-wide re-entrant lock, so racing threads
     get the same instance and ``__init__`` runs once; the lock is re-created in a forked child.
