@@ -54,6 +54,12 @@ check: lint typecheck test ## Lint, typecheck and test (what CI runs)
 bench: $(STAMP) ## memsafe.LRUCache against cachetools, an OrderedDict LRU and functools.lru_cache
 	$(BIN)/python -m benchmarks.bench_cache
 
+docker-build: ## Build the image (needs a Docker engine)
+	docker build -t $(IMAGE) .
+
+docker-run: ## Run the image on http://127.0.0.1:8000 with the starter profile (needs Docker)
+	docker run --rm -p 8000:10000 --memory 512m --cpus 0.5 -e ADMIN_TOKEN=$${ADMIN_TOKEN:-change-me} $(IMAGE)
+
 lock: ## Re-pin requirements/*.lock from pyproject.toml (needs uv: pip install uv)
 	uv pip compile pyproject.toml --python-version 3.11 --generate-hashes -o requirements/base.lock
 	uv pip compile pyproject.toml --extra dev --python-version 3.11 --generate-hashes -o requirements/dev.lock
