@@ -10,8 +10,7 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable
-from contextlib import AbstractContextManager
-from typing import Any, Final, Generic, TypedDict, overload
+from typing import Any, Final, Generic, Protocol, TypedDict, overload
 
 from memsafe._clock import Clock
 from memsafe._types import K, T, V
@@ -22,6 +21,15 @@ NEVER: Final = math.inf
 """Expiry time of an entry without a TTL (one shared float, so no allocation per entry)."""
 
 _MISSING: Final = object()
+
+
+class LockLike(Protocol):
+    """What `LRUCache` needs of an injected lock: `threading.Lock` and `RLock` both fit."""
+
+    def acquire(self, blocking: bool = ..., timeout: float = ...) -> bool: ...
+    def release(self) -> None: ...
+    def __enter__(self) -> Any: ...
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any, /) -> Any: ...
 
 
 class CacheStats(TypedDict):
@@ -103,7 +111,7 @@ class LRUCache(Generic[K, V]):
         sizeof: Callable[[object], int] | None = None,
         on_evict: Callable[[K, V], None] | None = None,
         clock: Clock = time.monotonic,
-        lock: AbstractContextManager[Any] | None = None,
+        lock: LockLike | None = None,
         name: str = "",
     ) -> None:
         self._max_size = _check_positive_int("max_size", max_size)
@@ -131,7 +139,7 @@ class LRUCache(Generic[K, V]):
             self._sizeof = sizeof  # an explicit sizeof turns byte accounting on
         self._on_evict = on_evict
         self._clock = clock
-        self._lock: AbstractContextManager[Any] = threading.RLock() if lock is None else lock
+        self._lock: LockLike = threading.RLock() if lock is None else lock
         self._name = name
         self._nbytes = 0
         # hits and misses on the lock-free paths use itertools.count: next() on it is one C
@@ -145,8 +153,14 @@ class LRUCache(Generic[K, V]):
         self._rejections = 0
         self._ttl_used = self._ttl_seconds is not None
         self._grow_hook: Callable[[LRUCache[Any, Any]], None] | None = None
+        self._fast_get = self._make_fast_get()
+        self._fast_set = self._make_fast_set()
+        # Bind the closures straight onto the instance (unless a subclass overrides the method):
+        # a call then skips both method binding and the delegating frame.
         if type(self).get is LRUCache.get:
-            self.get = self._make_fast_get()  # type: ignore[method-assign]  # same contract
+            self.get = self._fast_get  # type: ignore[method-assign]  # same contract
+        if type(self).set is LRUCache.set:
+            self.set = self._fast_set  # type: ignore[method-assign]  # same contract
 
     def _make_fast_get(self) -> Callable[..., Any]:
         # The same algorithm as `get`, as a closure over locals: a free-variable load is cheaper
@@ -197,23 +211,7 @@ class LRUCache(Generic[K, V]):
         counter is an `itertools.count`, whose `next` is atomic. Writers never depend on
         recency order being stable between two of their own locked steps.
         """
-        try:
-            entry = self._data[key]
-        except KeyError:
-            self._count_miss()
-            return default
-        except TypeError:
-            raise _unhashable(key) from None
-        expires_at = entry[1]
-        if expires_at is not NEVER and expires_at <= self._clock():
-            return self._drop_expired(key, entry, default)
-        try:  # noqa: SIM105  # contextlib.suppress would cost ~200 ns per hit
-            self._move_to_end(key)
-        except KeyError:
-            pass
-        self._count_hit()
-        value: V = entry[0]
-        return value
+        return self._fast_get(key, default)
 
     def _drop_expired(self, key: K, entry: tuple[Any, ...], default: object) -> object:
         removed = False
@@ -275,36 +273,63 @@ class LRUCache(Generic[K, V]):
 
     def set(self, key: K, value: V, ttl_seconds: float | None = None) -> None:
         """Store `value` under `key` as most recently used; `ttl_seconds` overrides the cache's."""
-        ttl = self._ttl_seconds if ttl_seconds is None else _check_ttl("ttl_seconds", ttl_seconds)
-        sizeof = self._sizeof
-        if sizeof is not None:
-            self._set_sized(key, value, ttl, sizeof)
-            return
-        if ttl is None:
-            entry: tuple[Any, ...] = (value, NEVER)
-        else:
-            entry = (value, self._clock() + ttl)
-            self._ttl_used = True
-        evicted: tuple[K, Any] | None = None
-        with self._lock:
-            data = self._data
-            try:
-                present = key in data
-            except TypeError:
-                raise _unhashable(key) from None
-            if present:
-                data[key] = entry
-                data.move_to_end(key)
+        self._fast_set(key, value, ttl_seconds)
+
+    def _make_fast_set(self) -> Callable[..., None]:
+        # A closure for the same reasons as _make_fast_get; the lock is taken with explicit
+        # acquire/release, about 100 ns cheaper here than a `with` block.
+        data = self._data
+        acquire = self._lock.acquire
+        release = self._lock.release
+        clock = self._clock
+        max_size = self._max_size
+        default_ttl = self._ttl_seconds
+        on_evict = self._on_evict
+        set_sized = self._set_sized
+        notify = self._notify_evicted
+        cache = self
+
+        def set(key: K, value: V, ttl_seconds: float | None = None) -> None:
+            ttl = default_ttl if ttl_seconds is None else _check_ttl("ttl_seconds", ttl_seconds)
+            sizeof = cache._sizeof
+            if sizeof is not None:
+                set_sized(key, value, ttl, sizeof)
+                return
+            if ttl is None:
+                entry: tuple[Any, ...] = (value, NEVER)
+                now = NEVER
             else:
+                now = clock()
+                entry = (value, now + ttl)
+                if not cache._ttl_used:
+                    cache._ttl_used = True
+            acquire()
+            try:
+                try:
+                    present = key in data
+                except TypeError:
+                    raise _unhashable(key) from None
+                if present:
+                    data[key] = entry
+                    data.move_to_end(key)
+                    return
+                if len(data) < max_size:
+                    data[key] = entry
+                    return
                 # Evict before inserting, so len() never exceeds max_size, even transiently.
-                if len(data) >= self._max_size:
-                    old_key, old = data.popitem(last=False)
-                    self._count_drop(old)
-                    if self._on_evict is not None:
-                        evicted = (old_key, old[0])
+                old_key, old = data.popitem(last=False)
+                expires_at = old[1]
+                if expires_at is not NEVER and expires_at <= (clock() if now is NEVER else now):
+                    cache._expirations += 1
+                else:
+                    cache._evictions += 1
                 data[key] = entry
-        if evicted is not None:
-            self._notify_evicted([evicted])
+            finally:
+                release()
+            if on_evict is not None:
+                notify([(old_key, old[0])])
+
+        return set
 
     def _count_drop(self, entry: tuple[Any, ...]) -> None:
         # Called under the lock for an entry dropped to make room.

@@ -1,0 +1,341 @@
+"""memsafe.LRUCache against cachetools, an OrderedDict LRU and functools.lru_cache, interleaved.
+
+Run: `.venv/bin/python -m benchmarks.bench_cache [--quick] [--rounds N]`.
+
+The machine is shared and its speed drifts, so every round times every cache once, in a
+shuffled order, one after the other; each figure is the median over rounds, and each ratio is
+the median of per-round ratios to cachetools.TTLCache + Lock (the anchor) measured in the same
+round. Timings include the driver loop (the same for every cache), so ratios are conservative.
+"""
+
+from __future__ import annotations
+
+import argparse
+import bisect
+import functools
+import gc
+import itertools
+import random
+import statistics
+import threading
+import time
+import tracemalloc
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import cachetools
+
+from memsafe.cache import LRUCache
+
+ANCHOR = "cachetools.TTLCache+Lock"
+BASELINE = "OrderedDict+Lock (TTL)"
+MEMSAFE_TTL = "memsafe.LRUCache (TTL)"
+TTL_SECONDS = 3600.0
+WARM_SIZE = 10_000
+ZIPF_KEYS = 100_000
+ZIPF_CACHE_SIZE = 10_000
+READ_FRACTION = 0.9
+BYTES_ENTRIES = 100_000
+
+
+class _Cache:
+    """What the drivers call: get(key) -> value | None and set(key, value)."""
+
+    get: Callable[[Any], Any]
+    set: Callable[[Any, Any], None]
+
+
+class _CachetoolsLocked(_Cache):
+    def __init__(self, inner: cachetools.Cache[Any, Any]) -> None:
+        self._inner = inner
+        self._lock = threading.Lock()
+
+    def get(self, key: Any) -> Any:  # type: ignore[override]  # a method, not an attribute
+        with self._lock:
+            return self._inner.get(key)
+
+    def set(self, key: Any, value: Any) -> None:  # type: ignore[override]  # as above
+        with self._lock:
+            self._inner[key] = value
+
+
+class _OrderedDictTTL(_Cache):
+    """The hand-written baseline: OrderedDict + Lock, LRU with TTL."""
+
+    def __init__(self, max_size: int, ttl_seconds: float) -> None:
+        self._data: OrderedDict[Any, tuple[Any, float]] = OrderedDict()
+        self._lock = threading.Lock()
+        self._max_size = max_size
+        self._ttl = ttl_seconds
+
+    def get(self, key: Any) -> Any:  # type: ignore[override]  # a method, not an attribute
+        with self._lock:
+            entry = self._data.get(key)
+            if entry is None:
+                return None
+            if entry[1] <= time.monotonic():
+                del self._data[key]
+                return None
+            self._data.move_to_end(key)
+            return entry[0]
+
+    def set(self, key: Any, value: Any) -> None:  # type: ignore[override]  # as above
+        with self._lock:
+            self._data[key] = (value, time.monotonic() + self._ttl)
+            self._data.move_to_end(key)
+            if len(self._data) > self._max_size:
+                self._data.popitem(last=False)
+
+
+class _Memsafe(_Cache):
+    def __init__(self, max_size: int, ttl_seconds: float | None) -> None:
+        cache: LRUCache[Any, Any] = LRUCache(max_size, ttl_seconds)
+        self.get = cache.get
+        self.set = cache.set
+
+
+class _LRUCacheFunction(_Cache):
+    """functools.lru_cache: get calls the memoized function; set calls it with a new key."""
+
+    def __init__(self, max_size: int) -> None:
+        @functools.lru_cache(maxsize=max_size)
+        def load(key: Any) -> Any:
+            return key
+
+        self.get = load
+        self.set = lambda key, value: load(key)  # noqa: ARG005  # it can only read through
+
+
+FACTORIES: dict[str, Callable[[int], _Cache]] = {
+    MEMSAFE_TTL: lambda n: _Memsafe(n, TTL_SECONDS),
+    "memsafe.LRUCache (no TTL)": lambda n: _Memsafe(n, None),
+    ANCHOR: lambda n: _CachetoolsLocked(cachetools.TTLCache(n, TTL_SECONDS)),
+    "cachetools.LRUCache+Lock": lambda n: _CachetoolsLocked(cachetools.LRUCache(n)),
+    BASELINE: lambda n: _OrderedDictTTL(n, TTL_SECONDS),
+    "functools.lru_cache": _LRUCacheFunction,
+}
+
+
+@dataclass
+class _Row:
+    values: dict[str, list[float]] = field(default_factory=dict)
+
+    def add(self, column: str, value: float) -> None:
+        self.values.setdefault(column, []).append(value)
+
+    def median(self, column: str) -> float:
+        return statistics.median(self.values[column])
+
+
+def _time_get_hit(cache: _Cache, keys: list[str], repeat: int) -> float:
+    get = cache.get
+    start = time.perf_counter_ns()
+    for _ in range(repeat):
+        for key in keys:
+            get(key)
+    return (time.perf_counter_ns() - start) / (repeat * len(keys))
+
+
+def _time_set(cache: _Cache, batches: list[list[str]], state: dict[str, int]) -> float:
+    # The cache is full of one batch; setting the other batch inserts only new keys, so every
+    # set evicts. Batches alternate round after round.
+    index = state["next"]
+    state["next"] = 1 - index
+    keys = batches[index]
+    set_ = cache.set
+    start = time.perf_counter_ns()
+    for key in keys:
+        set_(key, key)
+    return (time.perf_counter_ns() - start) / len(keys)
+
+
+def _mixed(cache: _Cache, ops: list[tuple[bool, str]]) -> tuple[int, int]:
+    get = cache.get
+    set_ = cache.set
+    reads = hits = 0
+    for is_read, key in ops:
+        if is_read:
+            reads += 1
+            if get(key) is None:
+                set_(key, key)  # read-through on a miss
+            else:
+                hits += 1
+        else:
+            set_(key, key)
+    return reads, hits
+
+
+def _time_mixed(cache: _Cache, ops: list[tuple[bool, str]], threads: int) -> tuple[float, float]:
+    """Return (ops per second, hit rate) with `ops` split across `threads` threads."""
+    if threads == 1:
+        start = time.perf_counter_ns()
+        reads, hits = _mixed(cache, ops)
+        elapsed = time.perf_counter_ns() - start
+        return len(ops) / (elapsed / 1e9), hits / reads
+    chunks = [ops[i::threads] for i in range(threads)]
+    results: list[tuple[int, int]] = []
+    barrier = threading.Barrier(threads + 1)
+
+    def work(chunk: list[tuple[bool, str]]) -> None:
+        barrier.wait()
+        results.append(_mixed(cache, chunk))
+
+    workers = [threading.Thread(target=work, args=(chunk,)) for chunk in chunks]
+    for worker in workers:
+        worker.start()
+    barrier.wait()
+    start = time.perf_counter_ns()
+    for worker in workers:
+        worker.join()
+    elapsed = time.perf_counter_ns() - start
+    reads = sum(r for r, _ in results)
+    hits = sum(h for _, h in results)
+    return len(ops) / (elapsed / 1e9), hits / reads
+
+
+def _zipf_ops(count: int, rng: random.Random) -> list[tuple[bool, str]]:
+    cumulative = list(itertools.accumulate(1.0 / rank for rank in range(1, ZIPF_KEYS + 1)))
+    total = cumulative[-1]
+    names = [f"user:{i}" for i in range(ZIPF_KEYS)]
+    ops = []
+    for _ in range(count):
+        rank = bisect.bisect_left(cumulative, rng.random() * total)
+        ops.append((rng.random() < READ_FRACTION, names[min(rank, ZIPF_KEYS - 1)]))
+    return ops
+
+
+def _bytes_per_entry(name: str) -> float:
+    keys = [f"key:{i}" for i in range(BYTES_ENTRIES)]
+    value = object()  # one shared value: only the cache's own structures are measured
+    gc.collect()
+    tracemalloc.start()
+    before = tracemalloc.get_traced_memory()[0]
+    cache = FACTORIES[name](BYTES_ENTRIES)
+    set_ = cache.set
+    for key in keys:
+        set_(key, value)
+    after = tracemalloc.get_traced_memory()[0]
+    tracemalloc.stop()
+    del cache
+    return (after - before) / BYTES_ENTRIES
+
+
+def _fmt_ratio(value: float) -> str:
+    return f"{value:.2f}x"
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--quick", action="store_true", help="a short run (fewer ops, 3 rounds)")
+    parser.add_argument("--rounds", type=int, default=None, help="rounds (default 9, quick 3)")
+    parser.add_argument("--seed", type=int, default=1)
+    args = parser.parse_args(argv)
+    rounds = args.rounds or (3 if args.quick else 9)
+    get_repeat = 2 if args.quick else 5
+    mixed_ops = 40_000 if args.quick else 200_000
+    rng = random.Random(args.seed)
+    names = list(FACTORIES)
+
+    warm_keys = [f"item:{i}" for i in range(WARM_SIZE)]
+    shuffled = warm_keys[:]
+    rng.shuffle(shuffled)
+    set_batches = [[f"a:{i}" for i in range(WARM_SIZE)], [f"b:{i}" for i in range(WARM_SIZE)]]
+    ops = _zipf_ops(mixed_ops, rng)
+
+    warm = {n: FACTORIES[n](WARM_SIZE) for n in names}
+    full = {n: FACTORIES[n](WARM_SIZE) for n in names}
+    mixed = {n: FACTORIES[n](ZIPF_CACHE_SIZE) for n in names}
+    set_state = {n: {"next": 1} for n in names}
+    for n in names:
+        for key in warm_keys:
+            warm[n].set(key, key)
+        for key in set_batches[0]:
+            full[n].set(key, key)
+        _mixed(mixed[n], ops)  # warm up the mixed caches once
+
+    rows = {n: _Row() for n in names}
+    print(f"bench_cache: {rounds} rounds, interleaved in shuffled order; anchor = {ANCHOR}")
+    gc.disable()
+    try:
+        for round_index in range(rounds):
+            order = names[:]
+            rng.shuffle(order)
+            for n in order:
+                rows[n].add("get", _time_get_hit(warm[n], shuffled, get_repeat))
+            rng.shuffle(order)
+            for n in order:
+                rows[n].add("set", _time_set(full[n], set_batches, set_state[n]))
+            for threads, column in ((1, "mixed1"), (4, "mixed4")):
+                rng.shuffle(order)
+                for n in order:
+                    ops_per_s, hit_rate = _time_mixed(mixed[n], ops, threads)
+                    rows[n].add(column, ops_per_s)
+                    rows[n].add(column + "_hit", hit_rate)
+            print(f"  round {round_index + 1}/{rounds} done", flush=True)
+    finally:
+        gc.enable()
+
+    def ratio(n: str, column: str, against: str = ANCHOR) -> float:
+        # ns columns: cache / anchor (lower is better); ops/s columns: cache / anchor (speedup).
+        mine = rows[n].values[column]
+        theirs = rows[against].values[column]
+        return statistics.median(a / b for a, b in zip(mine, theirs, strict=True))
+
+    bytes_per_entry = {n: _bytes_per_entry(n) for n in names}
+
+    header = (
+        f"{'cache':<28}{'get-hit ns':>11}{'ratio':>7}{'set ns':>9}{'ratio':>7}"
+        f"{'mix1 kop/s':>11}{'speedup':>8}{'hit%':>6}{'mix4 kop/s':>11}{'speedup':>8}"
+        f"{'B/entry':>8}"
+    )
+    print()
+    print(header)
+    print("-" * len(header))
+    for n in names:
+        r = rows[n]
+        print(
+            f"{n:<28}{r.median('get'):>11.0f}{_fmt_ratio(ratio(n, 'get')):>7}"
+            f"{r.median('set'):>9.0f}{_fmt_ratio(ratio(n, 'set')):>7}"
+            f"{r.median('mixed1') / 1e3:>11.0f}{_fmt_ratio(ratio(n, 'mixed1')):>8}"
+            f"{100 * r.median('mixed1_hit'):>6.1f}"
+            f"{r.median('mixed4') / 1e3:>11.0f}{_fmt_ratio(ratio(n, 'mixed4')):>8}"
+            f"{bytes_per_entry[n]:>8.0f}"
+        )
+    print()
+    print(
+        "ratio = median of per-round (cache / anchor); speedup = median of per-round "
+        "(cache ops/s / anchor ops/s). functools.lru_cache has no TTL, no stats API and no set: "
+        "its set and writes read through."
+    )
+    print()
+    print(f"targets for {MEMSAFE_TTL}:")
+    checks = [
+        ("get-hit <= 0.15x anchor", ratio(MEMSAFE_TTL, "get"), ratio(MEMSAFE_TTL, "get") <= 0.15),
+        ("set <= 0.25x anchor", ratio(MEMSAFE_TTL, "set"), ratio(MEMSAFE_TTL, "set") <= 0.25),
+        (
+            "mixed (1 thread) >= 4x anchor",
+            ratio(MEMSAFE_TTL, "mixed1"),
+            ratio(MEMSAFE_TTL, "mixed1") >= 4,
+        ),
+        (
+            "mixed (4 threads) >= 4x anchor",
+            ratio(MEMSAFE_TTL, "mixed4"),
+            ratio(MEMSAFE_TTL, "mixed4") >= 4,
+        ),
+    ]
+    for column, label in (("get", "get-hit"), ("set", "set")):
+        speed = 1 / ratio(MEMSAFE_TTL, column, BASELINE)
+        checks.append((f"{label} speed >= 0.95x baseline", speed, speed >= 0.95))
+    for column, label in (("mixed1", "mixed 1 thread"), ("mixed4", "mixed 4 threads")):
+        speed = ratio(MEMSAFE_TTL, column, BASELINE)
+        checks.append((f"{label} >= 0.95x baseline", speed, speed >= 0.95))
+    size = bytes_per_entry[MEMSAFE_TTL]
+    checks.append(("bytes/entry <= 190", size, size <= 190))
+    for label, value, ok in checks:
+        print(f"  {'PASS' if ok else 'FAIL'}  {label:<34} measured {value:.2f}")
+
+
+if __name__ == "__main__":
+    main()
