@@ -1,0 +1,160 @@
+"""Locust scenarios: hot users (Zipf), cold scan, large payloads and a Render-like health poller.
+
+Run by `python -m loadtests.run`, which passes the store size and the payload bound through env:
+LOADTEST_USER_IDS (ids 1..N, default 10000), LOADTEST_PAYLOAD_MAX_KIB (the profile's
+payload.max_size_kib), LOADTEST_MAX_HEALTH_MS and LOADTEST_HEALTH_INTERVAL_SECONDS.
+The shape reads -u (peak users), -r (spawn rate) and -t (run time) from Locust's own options.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import os
+import random
+import time
+from collections.abc import Callable
+from typing import Any
+
+from locust import FastHttpUser, LoadTestShape, between, constant_pacing, events, task
+
+logger = logging.getLogger(__name__)
+
+USER_IDS = int(os.environ.get("LOADTEST_USER_IDS", "10000"))
+PAYLOAD_MAX_KIB = int(os.environ.get("LOADTEST_PAYLOAD_MAX_KIB", "256"))
+MAX_HEALTH_MS = float(os.environ.get("LOADTEST_MAX_HEALTH_MS", "1000"))
+HEALTH_INTERVAL_SECONDS = float(os.environ.get("LOADTEST_HEALTH_INTERVAL_SECONDS", "5"))
+# s = 1.2 over 10,000 ids: the 1,000 hottest ids draw ~80 % of hot requests (cache friendly).
+ZIPF_EXPONENT = 1.2
+OVERSIZE_SHARE = 0.05  # share of /payload requests sent over the bound, expecting 422
+HEALTH_NAME = "health poller"
+DEFAULT_RUN_TIME_SECONDS = 120.0
+DEFAULT_PEAK_USERS = 50
+DEFAULT_SPAWN_RATE = 10.0
+
+# (phase, end as a fraction of the run, share of the peak load users)
+PHASES: tuple[tuple[str, float, float], ...] = (
+    ("ramp", 0.10, 0.5),
+    ("steady", 0.35, 0.5),
+    ("spike", 0.50, 1.0),
+    ("steady", 0.85, 0.5),
+    ("idle", 1.00, 0.0),
+)
+
+_ZIPF_CUM_WEIGHTS = list(
+    itertools.accumulate(1.0 / k**ZIPF_EXPONENT for k in range(1, USER_IDS + 1))
+)
+_ZIPF_IDS = range(1, USER_IDS + 1)
+_cold_ids = itertools.count()  # shared by every cold-scan user of this Locust process
+
+
+def zipf_user_id(rng: random.Random | None = None) -> int:
+    """An id in 1..USER_IDS, id k drawn with weight 1/k^ZIPF_EXPONENT."""
+    choices = rng.choices if rng is not None else random.choices
+    return choices(_ZIPF_IDS, cum_weights=_ZIPF_CUM_WEIGHTS)[0]
+
+
+def next_cold_id() -> int:
+    """The next id of a scan over the whole store: unique until it wraps."""
+    return next(_cold_ids) % USER_IDS + 1
+
+
+class HotUser(FastHttpUser):
+    """Reads popular users again and again: the cache should serve most of them."""
+
+    weight = 6
+    wait_time = between(0.02, 0.2)
+
+    @task
+    def read_hot_user(self) -> None:
+        self.client.get(f"/users/{zipf_user_id()}", name="/users/{id} [hot]")
+
+
+class ColdScanUser(FastHttpUser):
+    """Reads every user once in turn: all misses, so caches must evict to stay bounded."""
+
+    weight = 2
+    wait_time = between(0.02, 0.2)
+
+    @task
+    def read_cold_user(self) -> None:
+        self.client.get(f"/users/{next_cold_id()}", name="/users/{id} [cold]")
+
+
+class PayloadUser(FastHttpUser):
+    """Asks for large responses within the bound, sometimes over it (422 is the right answer)."""
+
+    weight = 1
+    wait_time = between(0.1, 0.5)
+
+    @task
+    def read_payload(self) -> None:
+        if random.random() < OVERSIZE_SHARE:
+            size = PAYLOAD_MAX_KIB + random.randint(1, PAYLOAD_MAX_KIB)
+            with self.client.get(
+                f"/payload?size_kib={size}", name="/payload [over bound]", catch_response=True
+            ) as response:
+                if response.status_code == 422:
+                    response.success()
+                else:
+                    response.failure(f"expected 422 over the bound, got {response.status_code}")
+            return
+        size = random.randint(1, PAYLOAD_MAX_KIB)
+        self.client.get(f"/payload?size_kib={size}", name="/payload [in bound]")
+
+
+class HealthPoller(FastHttpUser):
+    """Polls /health every few seconds like Render; a failure or a slow answer fails the run."""
+
+    fixed_count = 1
+    wait_time = constant_pacing(HEALTH_INTERVAL_SECONDS)
+
+    @task
+    def poll_health(self) -> None:
+        with self.client.get("/health", name=HEALTH_NAME, catch_response=True) as response:
+            elapsed_ms = response.request_meta["response_time"]
+            if response.status_code != 200:
+                response.failure(f"health returned {response.status_code}")
+            elif elapsed_ms > MAX_HEALTH_MS:
+                response.failure(f"health took {elapsed_ms:.0f} ms > {MAX_HEALTH_MS:.0f} ms")
+
+
+def users_at(fraction: float, peak_users: int) -> int | None:
+    """Total users (the poller plus load users) at a fraction of the run; None when it is over."""
+    load_users = max(1, peak_users - 1)
+    start = 0.0
+    for phase, end, share in PHASES:
+        if fraction < end:
+            if phase == "ramp":
+                share *= (fraction - start) / (end - start)
+            return 1 + (max(1, round(load_users * share)) if share > 0 else 0)
+        start = end
+    return None
+
+
+class RampSteadySpikeIdle(LoadTestShape):
+    """Ramp, steady (half the peak), spike (the peak), steady, then idle (only the poller)."""
+
+    use_common_options = True
+
+    def tick(self) -> tuple[int, float] | None:
+        options = self.runner.environment.parsed_options if self.runner else None
+        run_time = float(getattr(options, "run_time", None) or DEFAULT_RUN_TIME_SECONDS)
+        peak = int(getattr(options, "num_users", None) or DEFAULT_PEAK_USERS)
+        spawn_rate = float(getattr(options, "spawn_rate", None) or DEFAULT_SPAWN_RATE)
+        count = users_at((time.perf_counter() - self.start_time) / run_time, peak)
+        return None if count is None else (count, spawn_rate)
+
+
+def _fail_on_health(environment: Any, **_kwargs: Any) -> None:
+    # Only ever raise the exit code: setting 0 would hide Locust's own request failures.
+    entry = environment.stats.entries.get((HEALTH_NAME, "GET"))
+    if entry is None or entry.num_requests == 0 or entry.num_failures > 0:
+        failures = entry.num_failures if entry else 0
+        logger.error("health poller: %d failure(s) (or no check ran); exit code 1", failures)
+        environment.process_exit_code = 1
+
+
+# Registered by a call, not a decorator: locust's add_listener is untyped.
+_add_quitting_listener: Callable[[Callable[..., None]], object] = events.quitting.add_listener
+_add_quitting_listener(_fail_on_health)
