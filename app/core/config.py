@@ -199,7 +199,13 @@ def _read_yaml(path: Path) -> dict[str, Any]:
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as exc:
-        msg = f"settings file {str(path)!r} is not valid YAML: {exc}"
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        problem = getattr(exc, "problem", None) or "syntax error"
+        msg = (
+            f"settings file {str(path)!r} is not valid YAML{where}: {problem}; "
+            "allowed: a YAML mapping of the keys in config/local.yaml"
+        )
         raise SettingsError(msg) from None
     if data is None:
         return {}

@@ -1,0 +1,85 @@
+"""GET /metrics: Prometheus text from live state, per route template, labelled by pid."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from app.core.metrics import OTHER_ROUTE, UNMATCHED_ROUTE, RequestMetrics
+from tests.app.conftest import TestClient
+
+
+def _samples(client: TestClient) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    text = client.get("/metrics").text
+    out = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            out[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
+    return out
+
+
+def _get(
+    samples: dict[tuple[str, tuple[tuple[str, str], ...]], float], name: str, **labels: str
+) -> float:
+    labels.setdefault("pid", str(os.getpid()))
+    return samples[(name, tuple(sorted(labels.items())))]
+
+
+def test_metrics_is_prometheus_text(client: TestClient) -> None:
+    response = client.get("/metrics")
+    assert response.status_code == 200
+    assert response.headers["content-type"].startswith("text/plain")
+
+
+def test_requests_are_counted_per_route_template(client: TestClient) -> None:
+    for user_id in (1, 2, 3):
+        client.get(f"/users/{user_id}")
+    client.get("/users/999999")
+    samples = _samples(client)
+    route = "/users/{user_id}"
+    assert _get(samples, "app_http_requests_total", method="GET", route=route, status="200") == 3
+    assert _get(samples, "app_http_requests_total", method="GET", route=route, status="404") == 1
+    count = _get(samples, "app_http_request_duration_seconds_count", method="GET", route=route)
+    assert count == 4
+    inf = _get(
+        samples, "app_http_request_duration_seconds_bucket", method="GET", route=route, le="+Inf"
+    )
+    assert inf == 4
+
+
+def test_unmatched_paths_share_one_label(client: TestClient) -> None:
+    client.get("/no/such/path/1")
+    client.get("/no/such/path/2")
+    samples = _samples(client)
+    assert (
+        _get(samples, "app_http_requests_total", method="GET", route=UNMATCHED_ROUTE, status="404")
+        == 2
+    )
+
+
+def test_cache_rss_and_cleanup_metrics_are_exported(client: TestClient) -> None:
+    client.get("/users/1")
+    client.get("/users/1")
+    samples = _samples(client)
+    assert _get(samples, "app_cache_hits_total", cache="users") == 1
+    assert _get(samples, "app_cache_misses_total", cache="users") == 1
+    assert _get(samples, "app_cache_entries", cache="users") == 1
+    assert _get(samples, "app_cache_evictions_total", cache="users") == 0
+    assert _get(samples, "app_process_rss_bytes") > 0
+    assert _get(samples, "app_cleanup_level", level="normal") == 1
+    assert _get(samples, "app_cleanup_passes_total") >= 0
+
+
+def test_route_labels_are_bounded() -> None:
+    metrics = RequestMetrics(max_routes=2)
+    for index in range(5):
+        metrics.observe("GET", f"/r{index}", 200, 0.001)
+    routes = {row[1] for row in metrics.snapshot()["requests"]}
+    assert routes == {"/r0", "/r1", OTHER_ROUTE}
+
+
+def test_max_routes_must_be_positive() -> None:
+    with pytest.raises(ValueError, match="max_routes"):
+        RequestMetrics(max_routes=0)
