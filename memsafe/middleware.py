@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import threading
 import time
 from collections import deque
@@ -10,6 +11,8 @@ from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any, Final, Protocol, TypedDict
 
 from memsafe._clock import Clock
+from memsafe._routes import UNMATCHED_ROUTE, RouteTally, method_key, route_key
+from memsafe._routes import RouteMemoryStats as RouteMemoryStats
 from memsafe.probes import process_rss_bytes
 
 logger = logging.getLogger(__name__)
@@ -20,34 +23,17 @@ DEFAULT_MAX_ROUTES: Final = 200
 DEFAULT_MAX_ALERTS: Final = 100
 DEFAULT_ALERT_LOG_INTERVAL_SECONDS: Final = 10.0
 DEFAULT_TOP_ROUTES: Final = 10
-UNMATCHED_ROUTE: Final = "<unmatched>"
 OVERFLOW_ROUTE: Final = "<overflow>"
 RSS_HEADER: Final = b"x-memory-rss-mb"
 DELTA_HEADER: Final = b"x-memory-delta-mb"
 _MAX_ALERT_PATH_CHARS: Final = 200
-# Methods are client-chosen strings: anything else is folded into one key so it cannot grow
-# the route table.
-_KNOWN_METHODS: Final = frozenset(
-    {"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "TRACE", "CONNECT"}
-)
+_FOLD_EVERY: Final = 256
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
-
-
-class RouteMemoryStats(TypedDict):
-    """Memory figures of one route template (``"GET /users/{user_id}"``)."""
-
-    route: str
-    requests: int
-    errors: int
-    growth_bytes: int
-    mean_delta_bytes: float
-    max_delta_bytes: int
-    max_rss_bytes: int
 
 
 class MemoryAlert(TypedDict):
@@ -81,59 +67,8 @@ class MonitorStats(TypedDict):
     alert_rss_mb: float | None
 
 
-class _RouteEntry:
-    __slots__ = ("errors", "growth", "max_delta", "max_rss", "requests", "total_delta")
-
-    def __init__(self) -> None:
-        self.requests = 0
-        self.errors = 0
-        self.total_delta = 0
-        self.growth = 0
-        self.max_delta = 0
-        self.max_rss = 0
-
-    def as_stats(self, route: str) -> RouteMemoryStats:
-        return RouteMemoryStats(
-            route=route,
-            requests=self.requests,
-            errors=self.errors,
-            growth_bytes=self.growth,
-            mean_delta_bytes=self.total_delta / self.requests if self.requests else 0.0,
-            max_delta_bytes=self.max_delta,
-            max_rss_bytes=self.max_rss,
-        )
-
-
-_mount_types: dict[type, bool] = {}
-
-
-def _is_mount(route: object) -> bool:
-    """True for Starlette's Mount (and subclasses), found by name: memsafe never imports it."""
-    kind = type(route)
-    known = _mount_types.get(kind)
-    if known is None:
-        known = any(base.__name__ == "Mount" for base in kind.__mro__)
-        _mount_types[kind] = known
-    return known
-
-
-def _route_template(scope: Scope) -> str:
-    """The matched route's template from ``scope["route"]``, never the raw path.
-
-    Starlette and FastAPI routers put the matched route object in ``scope["route"]`` (the
-    innermost one for mounted apps, whose prefix is then in ``scope["root_path"]``).
-    """
-    route = scope.get("route")
-    if route is None:
-        return UNMATCHED_ROUTE
-    root_path = scope.get("root_path") or ""
-    if _is_mount(route):
-        # A Mount whose app is not a router: its own path_format ends in "/{path}".
-        return root_path or "/"
-    template = getattr(route, "path_format", None) or getattr(route, "path", None)
-    if not isinstance(template, str):
-        return UNMATCHED_ROUTE
-    return root_path.rstrip("/") + template if root_path else template
+# (route object, root_path, method, delta bytes, rss bytes, is_error) of one finished request.
+_Sample = tuple[object, object, object, int, int, bool]
 
 
 class MemoryMonitor:
@@ -144,8 +79,12 @@ class MemoryMonitor:
     are keyed by method and route template; once ``max_routes`` keys exist, new ones are counted
     in one ``<overflow>`` bucket, so neither a path scanner nor odd methods can grow the table.
 
-    Thread safety: recording and stats() hold one lock for in-memory work only; alert logging
-    and the ``on_response_rss`` callback run after it is released.
+    Recording is cheap on purpose: thresholds are checked at once, but the request itself is
+    appended to a short queue that is folded into the route table every 256 requests and
+    whenever stats() is read.
+
+    Thread safety: record() appends to a deque (atomic) and folds it under one lock, which
+    stats() also holds; alert logging and the ``on_response_rss`` callback run outside it.
     """
 
     def __init__(
@@ -162,8 +101,8 @@ class MemoryMonitor:
         clock: Clock = time.monotonic,
         wall_clock: Clock = time.time,
     ) -> None:
-        self.alert_delta_mb = _check_threshold("alert_delta_mb", alert_delta_mb)
-        self.alert_rss_mb = _check_threshold("alert_rss_mb", alert_rss_mb)
+        self.alert_delta_mb = alert_delta_mb
+        self.alert_rss_mb = alert_rss_mb
         self.add_headers = add_headers
         self._max_routes = _check_count("max_routes", max_routes)
         self._max_alerts = _check_count("max_alerts", max_alerts)
@@ -176,11 +115,13 @@ class MemoryMonitor:
         self._clock = clock
         self._wall_clock = wall_clock
         self._lock = threading.Lock()
+        self._pending: deque[_Sample] = deque()
         self._reset_state()
 
     def _reset_state(self) -> None:
-        self._routes: dict[str, _RouteEntry] = {}
-        self._overflow = _RouteEntry()
+        self._pending.clear()
+        self._routes: dict[str, RouteTally] = {}
+        self._overflow = RouteTally()
         self._alerts: deque[MemoryAlert] = deque(maxlen=self._max_alerts)
         self._requests = 0
         self._errors = 0
@@ -190,6 +131,27 @@ class MemoryMonitor:
         self._max_rss = 0
         self._last_log: float | None = None
         self._suppressed_logs = 0
+        self._has_logged_bad_route = False
+
+    @property
+    def alert_delta_mb(self) -> float | None:
+        """RSS growth (MiB) during one request at or above which it is an alert; None is off."""
+        return self._alert_delta_mb
+
+    @alert_delta_mb.setter
+    def alert_delta_mb(self, value: float | None) -> None:
+        self._alert_delta_mb = _check_threshold("alert_delta_mb", value)
+        self._alert_delta_bytes = math.inf if value is None else value * MIB
+
+    @property
+    def alert_rss_mb(self) -> float | None:
+        """RSS (MiB) at response start at or above which a request is an alert; None is off."""
+        return self._alert_rss_mb
+
+    @alert_rss_mb.setter
+    def alert_rss_mb(self, value: float | None) -> None:
+        self._alert_rss_mb = _check_threshold("alert_rss_mb", value)
+        self._alert_rss_bytes = math.inf if value is None else value * MIB
 
     @property
     def max_routes(self) -> int:
@@ -222,7 +184,23 @@ class MemoryMonitor:
         logged so it cannot mask the app's own exception.
         """
         try:
-            self._record(scope, rss_start_bytes, rss_end_bytes, status, failed)
+            delta = rss_end_bytes - rss_start_bytes
+            if delta >= self._alert_delta_bytes or rss_end_bytes >= self._alert_rss_bytes:
+                self._alert(scope, delta, rss_end_bytes, status)
+            pending = self._pending
+            pending.append(
+                (
+                    scope.get("route"),
+                    scope.get("root_path"),
+                    scope.get("method"),
+                    delta,
+                    rss_end_bytes,
+                    failed or status >= 500,
+                )
+            )
+            if len(pending) >= _FOLD_EVERY:
+                with self._lock:
+                    self._fold()
         except Exception:
             logger.exception("memory monitor failed to record a request")
         callback = self.on_response_rss
@@ -232,28 +210,26 @@ class MemoryMonitor:
             except Exception:
                 logger.exception("on_response_rss callback failed")
 
-    def _record(
-        self, scope: Scope, rss_start: int, rss_end: int, status: int, failed: bool
-    ) -> None:
-        template = _route_template(scope)
-        method = scope.get("method", "GET")
-        if method not in _KNOWN_METHODS:
-            method = "OTHER"
-        key = template if template is UNMATCHED_ROUTE else f"{method} {template}"
-        delta = rss_end - rss_start
-        is_error = failed or status >= 500
-        reasons: list[str] = []
-        if self.alert_delta_mb is not None and delta >= self.alert_delta_mb * MIB:
-            reasons.append("delta")
-        if self.alert_rss_mb is not None and rss_end >= self.alert_rss_mb * MIB:
-            reasons.append("rss")
-        log_now = False
-        suppressed = 0
-        with self._lock:
-            entry = self._routes.get(key)
+    def _key(self, route: object, root_path: object, method: object) -> str:
+        try:
+            return route_key(route, root_path, method)
+        except Exception:
+            if not self._has_logged_bad_route:
+                self._has_logged_bad_route = True
+                logger.exception("cannot read a template from route %r; counted unmatched", route)
+            return UNMATCHED_ROUTE
+
+    def _fold(self) -> None:
+        """Move queued requests into the route table (the lock is held)."""
+        pending = self._pending
+        routes = self._routes
+        while pending:
+            route, root_path, method, delta, rss, is_error = pending.popleft()
+            key = self._key(route, root_path, method)
+            entry = routes.get(key)
             if entry is None:
-                if len(self._routes) < self._max_routes:
-                    entry = self._routes[key] = _RouteEntry()
+                if len(routes) < self._max_routes:
+                    entry = routes[key] = RouteTally()
                 else:
                     entry = self._overflow
             entry.requests += 1
@@ -263,44 +239,56 @@ class MemoryMonitor:
                 self._growth += delta
             if delta > entry.max_delta:
                 entry.max_delta = delta
-            if rss_end > entry.max_rss:
-                entry.max_rss = rss_end
+            if rss > entry.max_rss:
+                entry.max_rss = rss
             self._requests += 1
-            self._last_rss = rss_end
-            if rss_end > self._max_rss:
-                self._max_rss = rss_end
+            self._last_rss = rss
+            if rss > self._max_rss:
+                self._max_rss = rss
             if is_error:
                 entry.errors += 1
                 self._errors += 1
-            if reasons:
-                self._alert_count += 1
-                now = self._clock()
-                if self._last_log is None or now - self._last_log >= self._log_interval:
-                    log_now = True
-                    suppressed = self._suppressed_logs
-                    self._last_log = now
-                    self._suppressed_logs = 0
-                else:
-                    self._suppressed_logs += 1
-                self._alerts.append(
-                    MemoryAlert(
-                        timestamp=self._wall_clock(),
-                        method=method,
-                        route=key,
-                        path=str(scope.get("path", ""))[:_MAX_ALERT_PATH_CHARS],
-                        status=status,
-                        rss_bytes=rss_end,
-                        delta_bytes=delta,
-                        reasons=reasons,
-                    )
+
+    def _alert(self, scope: Scope, delta: int, rss: int, status: int) -> None:
+        reasons: list[str] = []
+        if delta >= self._alert_delta_bytes:
+            reasons.append("delta")
+        if rss >= self._alert_rss_bytes:
+            reasons.append("rss")
+        method = method_key(scope.get("method"))
+        key = self._key(scope.get("route"), scope.get("root_path"), method)
+        path = str(scope.get("path", ""))[:_MAX_ALERT_PATH_CHARS]
+        log_now = False
+        suppressed = 0
+        with self._lock:
+            self._alert_count += 1
+            now = self._clock()
+            if self._last_log is None or now - self._last_log >= self._log_interval:
+                log_now = True
+                suppressed = self._suppressed_logs
+                self._last_log = now
+                self._suppressed_logs = 0
+            else:
+                self._suppressed_logs += 1
+            self._alerts.append(
+                MemoryAlert(
+                    timestamp=self._wall_clock(),
+                    method=method,
+                    route=key,
+                    path=path,
+                    status=status,
+                    rss_bytes=rss,
+                    delta_bytes=delta,
+                    reasons=reasons,
                 )
+            )
         if log_now:
             logger.warning(
                 "high-memory request %s (%s): rss %.1f MiB, delta %+.1f MiB, over %s threshold;"
                 " %d similar alerts not logged since the last one",
                 key,
-                str(scope.get("path", ""))[:_MAX_ALERT_PATH_CHARS],
-                rss_end / MIB,
+                path,
+                rss / MIB,
                 delta / MIB,
                 "+".join(reasons),
                 suppressed,
@@ -309,37 +297,28 @@ class MemoryMonitor:
     def stats(self, top_n: int = DEFAULT_TOP_ROUTES) -> MonitorStats:
         """Totals, the ``top_n`` routes by memory growth, and recent alerts (newest first)."""
         with self._lock:
+            self._fold()
             routes = [entry.as_stats(key) for key, entry in self._routes.items()]
             if self._overflow.requests:
                 routes.append(self._overflow.as_stats(OVERFLOW_ROUTE))
-            alerts = [_copy_alert(alert) for alert in reversed(self._alerts)]
-            totals = (
-                self._requests,
-                self._errors,
-                self._alert_count,
-                self._growth,
-                self._last_rss,
-                self._max_rss,
-                len(self._routes),
-                self._overflow.requests,
+            result = MonitorStats(
+                requests=self._requests,
+                errors=self._errors,
+                alerts=self._alert_count,
+                growth_bytes=self._growth,
+                last_rss_bytes=self._last_rss,
+                max_rss_bytes=self._max_rss,
+                routes=len(self._routes),
+                max_routes=self._max_routes,
+                overflow_requests=self._overflow.requests,
+                top_routes=routes,
+                recent_alerts=[_copy_alert(alert) for alert in reversed(self._alerts)],
+                alert_delta_mb=self._alert_delta_mb,
+                alert_rss_mb=self._alert_rss_mb,
             )
         routes.sort(key=lambda r: (r["growth_bytes"], r["requests"]), reverse=True)
-        requests, errors, alert_count, growth, last_rss, max_rss, n_routes, overflow = totals
-        return MonitorStats(
-            requests=requests,
-            errors=errors,
-            alerts=alert_count,
-            growth_bytes=growth,
-            last_rss_bytes=last_rss,
-            max_rss_bytes=max_rss,
-            routes=n_routes,
-            max_routes=self._max_routes,
-            overflow_requests=overflow,
-            top_routes=routes[: max(0, top_n)],
-            recent_alerts=alerts,
-            alert_delta_mb=self.alert_delta_mb,
-            alert_rss_mb=self.alert_rss_mb,
-        )
+        result["top_routes"] = routes[: max(0, top_n)]
+        return result
 
 
 def _copy_alert(alert: MemoryAlert) -> MemoryAlert:
@@ -363,7 +342,7 @@ def _check_count(name: str, value: int) -> int:
 
 
 def _header_values(rss_bytes: int, delta_bytes: int) -> tuple[bytes, bytes]:
-    return (f"{rss_bytes / MIB:.1f}".encode(), f"{delta_bytes / MIB:.1f}".encode())
+    return (b"%.1f" % (rss_bytes / MIB), b"%.1f" % (delta_bytes / MIB))
 
 
 class MemoryMonitorMiddleware:
@@ -412,14 +391,8 @@ class MemoryMonitorMiddleware:
                 status = message.get("status", 0)
                 if add_headers:
                     rss_value, delta_value = _header_values(rss_response, rss_response - rss_start)
-                    message = {
-                        **message,
-                        "headers": [
-                            *message.get("headers", ()),
-                            (RSS_HEADER, rss_value),
-                            (DELTA_HEADER, delta_value),
-                        ],
-                    }
+                    headers = [*message.get("headers", ()), (RSS_HEADER, rss_value)]
+                    message = {**message, "headers": [*headers, (DELTA_HEADER, delta_value)]}
             await send(message)
 
         failed = True

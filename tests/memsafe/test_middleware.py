@@ -18,9 +18,9 @@ with warnings.catch_warnings():
     from fastapi.testclient import TestClient
 
 from memsafe import middleware
+from memsafe._routes import UNMATCHED_ROUTE
 from memsafe.middleware import (
     OVERFLOW_ROUTE,
-    UNMATCHED_ROUTE,
     MemoryMonitor,
     MemoryMonitorMiddleware,
     Message,
@@ -380,7 +380,7 @@ def test_on_response_rss_is_called_with_the_rss_and_failures_are_logged(
     assert monitor.stats()["requests"] == 2
 
 
-def test_a_failure_while_recording_never_masks_the_request(
+def test_a_route_without_readable_template_counts_as_unmatched(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     class BrokenRoute:
@@ -389,10 +389,50 @@ def test_a_failure_while_recording_never_masks_the_request(
             raise RuntimeError("odd route")
 
     monitor = MemoryMonitor(rss_probe=FakeRSS())
+    mw = MemoryMonitorMiddleware(make_app(route=BrokenRoute()), monitor)
     with caplog.at_level(logging.ERROR, logger="memsafe.middleware"):
-        sent = call(MemoryMonitorMiddleware(make_app(route=BrokenRoute()), monitor))
+        sent = call(mw)
+        call(mw)
+        routes = monitor.stats()["top_routes"]
     assert sent[0]["status"] == 200
+    assert [(r["route"], r["requests"]) for r in routes] == [(UNMATCHED_ROUTE, 2)]
+    assert caplog.text.count("cannot read a template") == 1
+
+
+def test_a_failure_while_recording_is_logged_not_raised(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    class BrokenScope(dict[str, Any]):
+        def get(self, key: str, default: Any = None) -> Any:
+            raise KeyError(key)
+
+    seen: list[int] = []
+    monitor = MemoryMonitor(rss_probe=FakeRSS(), on_response_rss=seen.append)
+    with caplog.at_level(logging.ERROR, logger="memsafe.middleware"):
+        monitor.record(BrokenScope(), 1, 2, status=200)
     assert "failed to record a request" in caplog.text
+    assert seen == [2]  # the recycler still hears about the request
+
+
+def test_requests_are_folded_in_batches_and_on_stats() -> None:
+    monitor = MemoryMonitor(rss_probe=FakeRSS(step=0))
+    mw = MemoryMonitorMiddleware(make_app(route=Route("/a")), monitor)
+    for _ in range(middleware._FOLD_EVERY + 3):
+        call(mw)
+    assert len(monitor._pending) == 3
+    assert monitor.stats()["requests"] == middleware._FOLD_EVERY + 3
+    assert len(monitor._pending) == 0
+
+
+def test_thresholds_can_be_changed_and_are_validated() -> None:
+    monitor = MemoryMonitor(rss_probe=FakeRSS(step=MIB), alert_delta_mb=None)
+    call(MemoryMonitorMiddleware(make_app(), monitor))
+    monitor.alert_delta_mb = 1
+    call(MemoryMonitorMiddleware(make_app(), monitor))
+    assert monitor.stats()["alerts"] == 1
+    assert (monitor.alert_delta_mb, monitor.alert_rss_mb) == (1, None)
+    with pytest.raises(ValueError, match="alert_rss_mb must be None"):
+        monitor.alert_rss_mb = 0
 
 
 def test_reset_forgets_figures_and_alerts() -> None:
