@@ -6,10 +6,12 @@ Everything runs in-process on one event loop with hand-made ASGI scopes, so no s
 parser cost hides the middleware's. Two inner apps: a bare ASGI app (two messages) and a
 FastAPI app serving ``GET /users/{user_id}``. Around each: nothing; MemoryMonitorMiddleware
 with headers on (two statm reads, two headers, per-route stats), and with its default of no
-headers; and a BaseHTTPMiddleware doing the same work (two RSS reads, two headers). Each round times every stack once, in shuffled
-order, and every request is timed on its own; "added" is the median request time minus the
-median without middleware. Medians of single requests shrug off the preemptions a shared
-machine inflicts on a few of them. The target is at most 10 us added per request by ours.
+headers; and a BaseHTTPMiddleware doing the same work (two RSS reads, two headers).
+
+Each round times every stack once, in shuffled order, and every request is timed on its own;
+"added" is the median request time minus the median without middleware around the same app.
+Medians of single requests shrug off the preemptions a shared machine inflicts on a few of
+them. The target is at most 10 us added per request by ours.
 """
 
 from __future__ import annotations
