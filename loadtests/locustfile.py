@@ -8,15 +8,23 @@ The shape reads -u (peak users), -r (spawn rate) and -t (run time) from Locust's
 
 from __future__ import annotations
 
-import itertools
 import logging
 import os
 import random
+import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from locust import FastHttpUser, LoadTestShape, between, constant_pacing, events, task
+
+# Locust puts only this file's directory on sys.path; the repo root makes `loadtests` importable.
+_ROOT = str(Path(__file__).resolve().parent.parent)
+if _ROOT not in sys.path:
+    sys.path.insert(0, _ROOT)
+
+from loadtests.shape import ColdScan, ZipfIds, users_at  # noqa: E402  (needs sys.path above)
 
 logger = logging.getLogger(__name__)
 
@@ -24,39 +32,14 @@ USER_IDS = int(os.environ.get("LOADTEST_USER_IDS", "10000"))
 PAYLOAD_MAX_KIB = int(os.environ.get("LOADTEST_PAYLOAD_MAX_KIB", "256"))
 MAX_HEALTH_MS = float(os.environ.get("LOADTEST_MAX_HEALTH_MS", "1000"))
 HEALTH_INTERVAL_SECONDS = float(os.environ.get("LOADTEST_HEALTH_INTERVAL_SECONDS", "5"))
-# s = 1.2 over 10,000 ids: the 1,000 hottest ids draw ~80 % of hot requests (cache friendly).
-ZIPF_EXPONENT = 1.2
 OVERSIZE_SHARE = 0.05  # share of /payload requests sent over the bound, expecting 422
 HEALTH_NAME = "health poller"
 DEFAULT_RUN_TIME_SECONDS = 120.0
 DEFAULT_PEAK_USERS = 50
 DEFAULT_SPAWN_RATE = 10.0
 
-# (phase, end as a fraction of the run, share of the peak load users)
-PHASES: tuple[tuple[str, float, float], ...] = (
-    ("ramp", 0.10, 0.5),
-    ("steady", 0.35, 0.5),
-    ("spike", 0.50, 1.0),
-    ("steady", 0.85, 0.5),
-    ("idle", 1.00, 0.0),
-)
-
-_ZIPF_CUM_WEIGHTS = list(
-    itertools.accumulate(1.0 / k**ZIPF_EXPONENT for k in range(1, USER_IDS + 1))
-)
-_ZIPF_IDS = range(1, USER_IDS + 1)
-_cold_ids = itertools.count()  # shared by every cold-scan user of this Locust process
-
-
-def zipf_user_id(rng: random.Random | None = None) -> int:
-    """An id in 1..USER_IDS, id k drawn with weight 1/k^ZIPF_EXPONENT."""
-    choices = rng.choices if rng is not None else random.choices
-    return choices(_ZIPF_IDS, cum_weights=_ZIPF_CUM_WEIGHTS)[0]
-
-
-def next_cold_id() -> int:
-    """The next id of a scan over the whole store: unique until it wraps."""
-    return next(_cold_ids) % USER_IDS + 1
+_zipf = ZipfIds(USER_IDS)
+_cold = ColdScan(USER_IDS)  # shared by every cold-scan user of this Locust process
 
 
 class HotUser(FastHttpUser):
@@ -67,7 +50,7 @@ class HotUser(FastHttpUser):
 
     @task
     def read_hot_user(self) -> None:
-        self.client.get(f"/users/{zipf_user_id()}", name="/users/{id} [hot]")
+        self.client.get(f"/users/{_zipf.draw()}", name="/users/{id} [hot]")
 
 
 class ColdScanUser(FastHttpUser):
@@ -78,7 +61,7 @@ class ColdScanUser(FastHttpUser):
 
     @task
     def read_cold_user(self) -> None:
-        self.client.get(f"/users/{next_cold_id()}", name="/users/{id} [cold]")
+        self.client.get(f"/users/{_cold.next_id()}", name="/users/{id} [cold]")
 
 
 class PayloadUser(FastHttpUser):
@@ -117,19 +100,6 @@ class HealthPoller(FastHttpUser):
                 response.failure(f"health returned {response.status_code}")
             elif elapsed_ms > MAX_HEALTH_MS:
                 response.failure(f"health took {elapsed_ms:.0f} ms > {MAX_HEALTH_MS:.0f} ms")
-
-
-def users_at(fraction: float, peak_users: int) -> int | None:
-    """Total users (the poller plus load users) at a fraction of the run; None when it is over."""
-    load_users = max(1, peak_users - 1)
-    start = 0.0
-    for phase, end, share in PHASES:
-        if fraction < end:
-            if phase == "ramp":
-                share *= (fraction - start) / (end - start)
-            return 1 + (max(1, round(load_users * share)) if share > 0 else 0)
-        start = end
-    return None
 
 
 class RampSteadySpikeIdle(LoadTestShape):

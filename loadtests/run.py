@@ -198,21 +198,41 @@ def stop_process(process: subprocess.Popen[bytes], *, timeout: float = STOP_TIME
     return process.wait()
 
 
-def cache_hit_rate(port: int, *, probes: int = HEALTH_PROBES) -> tuple[float | None, int]:
-    """Hit rate over every worker's caches, from /health; (rate or None, workers reached)."""
-    per_pid: dict[int, tuple[int, int]] = {}
+@dataclass(frozen=True)
+class CacheReport:
+    """The server's caches at the end, summed over the workers /health reached."""
+
+    hit_rate: float | None = None
+    fill: float | None = None  # entries / max entries: below 1, caches were still filling
+    workers: int = 0
+
+
+def cache_report(port: int, *, probes: int = HEALTH_PROBES) -> CacheReport:
+    """Hit rate and fill over every worker's caches, from /health (one worker answers a call)."""
+    per_pid: dict[int, tuple[int, int, int, int]] = {}
     for _ in range(probes):
         try:
             status, body = http_get(port, "/health")
             data = json.loads(body) if status == 200 else {}
         except (OSError, ValueError):
             continue
-        totals = (data.get("caches") or {}).get("totals") or {}
-        if "pid" in data and "hits" in totals:
-            per_pid[int(data["pid"])] = (int(totals["hits"]), int(totals.get("misses", 0)))
-    hits = sum(h for h, _ in per_pid.values())
-    lookups = hits + sum(m for _, m in per_pid.values())
-    return (hits / lookups if lookups else None), len(per_pid)
+        caches = data.get("caches") or {}
+        totals = caches.get("totals") or {}
+        if "pid" not in data or "hits" not in totals:
+            continue
+        each = (caches.get("caches") or {}).values()
+        per_pid[int(data["pid"])] = (
+            int(totals["hits"]),
+            int(totals.get("misses", 0)),
+            sum(int(c.get("size", 0)) for c in each),
+            sum(int(c.get("max_size", 0)) for c in each),
+        )
+    hits, misses, size, capacity = (sum(v[i] for v in per_pid.values()) for i in range(4))
+    return CacheReport(
+        hit_rate=hits / (hits + misses) if hits + misses else None,
+        fill=size / capacity if capacity else None,
+        workers=len(per_pid),
+    )
 
 
 def payload_bound_kib(profile: str, env: Mapping[str, str]) -> int:
@@ -442,8 +462,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     fatal = threading.Event()
     sampler: TreeSampler | None = None
     locust_code: int | None = None
-    hit_rate: float | None = None
-    workers_reached = 0
+    caches = CacheReport()
     server_exit: int | None = None
     with emulate(plan) as emulation:
         server = start_server(
@@ -470,7 +489,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     stop_process(locust, timeout=10)
             sampler.stop()
             if not fatal.is_set():
-                hit_rate, workers_reached = cache_hit_rate(port)
+                caches = cache_report(port)
         finally:
             if sampler is not None:
                 sampler.stop()
@@ -497,9 +516,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         fatal_reason=sampler.fatal_reason if sampler else "the guard never started",
         locust_exit_code=locust_code,
         recycles=sampler.recycles if sampler else 0,
-        hit_rate=hit_rate,
+        hit_rate=caches.hit_rate,
     )
     verdict = judge(facts, settings)
+    verdict.info["cache_fill"] = caches.fill
+    verdict.info["server_exit_code"] = server_exit
     write_memory_csv(
         out_dir / "memory.csv", samples, [requests_at(counts, s.t_seconds) for s in samples]
     )
@@ -507,8 +528,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         verdict, settings, facts, args=args, plan=emulation.plan, emulation=emulation.description,
         extra={
             "elapsed_seconds": round(elapsed, 1),
-            "server_exit_code": server_exit,
-            "cache_workers_reached": workers_reached,
+            "cache_workers_reached": caches.workers,
+            "cache_fill": caches.fill,
             "limit_hits": sampler.limit_hits if sampler else 0,
             "sampler_max_seconds": sampler.sample_seconds_max if sampler else None,
             "reports_dir": str(out_dir),
@@ -520,6 +541,12 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         render_chart(out_dir / "memory.png", samples, verdict, settings, plan=emulation.plan)
     print(format_table(verdict))
+    slope_failed = any(not c.passed and c.name.startswith("RSS slope") for c in verdict.criteria)
+    if slope_failed and caches.fill is not None and caches.fill < 0.95:
+        print(
+            f"hint: the caches were {caches.fill:.0%} full at the end, so part of the slope is "
+            "caches filling up to their bound; a longer run (DURATION=10m) judges steady state."
+        )
     print(f"loadtest: reports in {out_dir} ({elapsed:.0f} s)", flush=True)
     return 0 if verdict.passed else 1
 

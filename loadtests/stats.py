@@ -1,8 +1,7 @@
-"""Robust statistics for the memory guard: the Theil-Sen slope and a nearest-rank percentile."""
+"""Robust statistics for the memory guard: the Theil-Sen slope estimator."""
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -67,20 +66,3 @@ def theil_sen(xs: Sequence[float], ys: Sequence[float], *, min_points: int = 2) 
     slope = float(np.median(slopes))
     intercept = float(np.median(y - slope * x))
     return LineFit(slope=slope, intercept=intercept, points=len(xs), pairs=int(has_slope.sum()))
-
-
-def percentile(values: Sequence[float], fraction: float) -> float:
-    """The nearest-rank percentile (fraction in [0, 1]) of values: always an observed value.
-
-    Raises:
-        ValueError: values is empty or fraction is outside [0, 1].
-    """
-    if not 0.0 <= fraction <= 1.0:
-        msg = f"fraction must be within [0, 1], got {fraction!r}"
-        raise ValueError(msg)
-    if not values:
-        msg = "percentile of an empty sequence is undefined"
-        raise ValueError(msg)
-    ordered = sorted(values)
-    rank = max(1, math.ceil(fraction * len(ordered)))
-    return ordered[rank - 1]
