@@ -79,6 +79,9 @@ class MemoryMonitor:
     are keyed by method and route template; once ``max_routes`` keys exist, new ones are counted
     in one ``<overflow>`` bucket, so neither a path scanner nor odd methods can grow the table.
 
+    ``on_response_rss(rss_bytes)``, when set, runs after every request with the RSS read at
+    response start: the hook a worker recycler uses to check its cap after each request.
+
     Recording is cheap on purpose: thresholds are checked at once, but the request itself is
     appended to a short queue that is folded into the route table every 256 requests and
     whenever stats() is read.
