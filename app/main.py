@@ -143,7 +143,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         add_headers=monitor_settings.add_headers,
         max_routes=monitor_settings.max_routes,
         max_alerts=monitor_settings.max_alerts,
-        on_response_rss=check_worker_rss,
     )
     state = AppState(
         settings=settings,
@@ -168,7 +167,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     # add_middleware wraps: the last added runs first (request id, then metrics, then memory).
     if monitor_settings.enabled:
         app.add_middleware(MemoryMonitorMiddleware, monitor=monitor)
-    app.add_middleware(RequestMetricsMiddleware, metrics=state.request_metrics)
+    # The RSS recycle check runs before the headers go out (not after the body, as the
+    # monitor's on_response_rss would): a keep-alive response sent just before the worker
+    # closes its connections makes the client's next request fail; announced, it does not.
+    app.add_middleware(
+        RequestMetricsMiddleware,
+        metrics=state.request_metrics,
+        on_response_start=check_worker_rss,
+    )
     app.add_middleware(RequestIdMiddleware, access_log=settings.logging.access_log)
     return app
 

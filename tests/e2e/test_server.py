@@ -1,0 +1,144 @@
+"""The real service under the real gunicorn: routes, RSS recycling under traffic, SIGTERM."""
+
+from __future__ import annotations
+
+import subprocess
+import threading
+import time
+
+import httpx
+import pytest
+
+from tests.e2e.conftest import GUNICORN, ROOT, ServerFactory, free_port
+
+pytestmark = [pytest.mark.slow, pytest.mark.e2e]
+MIB = 1024 * 1024
+
+
+def test_routes_answer_over_http(start_server: ServerFactory) -> None:
+    server = start_server({"ADMIN_TOKEN": "e2e-token"})
+    with httpx.Client(base_url=server.url, timeout=5.0) as client:
+        health = client.get("/health")
+        assert health.status_code == 200
+        assert health.json()["status"] == "ok"
+        assert client.get("/users/1").status_code == 200
+        assert client.get("/users/10000").status_code == 200
+        assert client.get("/users/10001").status_code == 404
+        assert client.get("/users/abc").status_code == 422
+        assert client.get("/payload", params={"size_kib": 4}).content == bytes(4096)
+        assert client.get("/admin/caches").status_code == 401
+        assert client.get("/admin/caches", headers={"Authorization": "Bearer e2e-token"}).is_success
+        assert "app_http_requests_total" in client.get("/metrics").text
+        assert "x-request-id" in health.headers
+
+
+def test_uvicorn_worker_is_selectable(start_server: ServerFactory) -> None:
+    server = start_server({"APP_SERVER__WORKER_CLASS": "uvicorn"}, workers=1)
+    with httpx.Client(base_url=server.url, timeout=5.0) as client:
+        assert client.get("/users/3").status_code == 200
+    assert "uvicorn_worker.UvicornWorker" in server.log()
+
+
+def _worker_rss_mb(server_url: str) -> float:
+    with httpx.Client(base_url=server_url, timeout=5.0) as client:
+        samples = [int(client.get("/health").json()["rss_bytes"]) for _ in range(4)]
+    return max(samples) / MIB
+
+
+def test_worker_recycled_on_rss_under_traffic_without_failed_requests(
+    start_server: ServerFactory,
+) -> None:
+    probe = start_server(workers=1)
+    boot_mb = _worker_rss_mb(probe.url)
+    probe.stop()
+    # A cap a few MiB above a fresh worker: filling the users cache crosses it.
+    cap_mb = int(boot_mb) + 6
+    server = start_server(
+        {
+            "APP_SERVER__MAX_WORKER_RSS_MB": str(cap_mb),
+            # The per-response check (before the headers) must be what trips, as it would
+            # under steady traffic: the watchdog thread, a backstop for idle workers, can
+            # flip worker.alive just after a keep-alive response, which closes that
+            # connection unannounced (gunicorn's asgi worker; clients retry such GETs).
+            "APP_SERVER__RSS_CHECK_INTERVAL_SECONDS": "30",
+            "APP_MONITOR__ALERT_RSS_MB": str(cap_mb + 100),
+        }
+    )
+    failures: list[str] = []
+    pids: set[int] = set()
+    done = threading.Event()
+    lock = threading.Lock()
+
+    def traffic(offset: int) -> None:
+        user_id = offset
+        with httpx.Client(base_url=server.url, timeout=10.0) as client:
+            while not done.is_set():
+                try:
+                    response = client.get(f"/users/{user_id % 10_000 + 1}")
+                    if response.status_code != 200:
+                        failures.append(f"{response.status_code} {response.text[:100]}")
+                    if user_id % 50 == 0:
+                        with lock:
+                            pids.add(client.get("/health").json()["pid"])
+                except httpx.HTTPError as exc:
+                    failures.append(repr(exc))
+                user_id += 7
+
+    threads = [threading.Thread(target=traffic, args=(i * 2500,)) for i in range(4)]
+    for thread in threads:
+        thread.start()
+    deadline = time.monotonic() + 25.0
+    while time.monotonic() < deadline and "recycled on RSS" not in server.log():
+        time.sleep(0.2)
+    time.sleep(1.5)  # traffic continues while the replacement worker boots
+    done.set()
+    for thread in threads:
+        thread.join(15)
+    log = server.log()
+    assert "recycled on RSS" in log, log[-3000:]
+    assert failures == [], failures[:5]
+    assert len(pids) > 2, pids  # a replacement worker answered too
+    with httpx.Client(base_url=server.url, timeout=5.0) as client:
+        assert client.get("/health").status_code == 200
+
+
+def test_sigterm_exits_cleanly_within_graceful_timeout(start_server: ServerFactory) -> None:
+    server = start_server({"APP_SERVER__GRACEFUL_TIMEOUT_SECONDS": "5"})
+    with httpx.Client(base_url=server.url, timeout=5.0) as client:
+        assert client.get("/users/1").status_code == 200
+    started = time.monotonic()
+    assert server.stop(timeout_seconds=10) == 0
+    assert time.monotonic() - started < 5.0
+    log = server.log()
+    assert log.count("worker stopped: cleanup, caches and store closed") == 2
+    assert "Traceback" not in log
+
+
+@pytest.mark.parametrize(
+    ("env", "expected"),
+    [
+        ({"APP_CONFIG": "config/nope.yaml"}, "config/nope.yaml' (from APP_CONFIG) not found"),
+        ({"APP_SERVER__WORKERS": "0"}, "env APP_SERVER__WORKERS: key 'server.workers'"),
+        ({"PORT": "http"}, "env PORT='http' is not a port"),
+    ],
+)
+def test_invalid_settings_stop_gunicorn_with_one_message(
+    env: dict[str, str], expected: str
+) -> None:
+    import os
+
+    full_env = {k: v for k, v in os.environ.items() if not k.startswith("APP_")}
+    full_env.update({"APP_CONFIG": "config/local.yaml", "PORT": str(free_port()), **env})
+    result = subprocess.run(
+        [str(GUNICORN), "-c", "config/gunicorn.conf.py", "app.main:app"],
+        cwd=ROOT,
+        env=full_env,
+        capture_output=True,
+        text=True,
+        timeout=20,
+        check=False,
+    )
+    assert result.returncode == 2
+    assert expected in result.stderr
+    assert "Traceback" not in result.stderr
+    assert result.stderr.count("\n") == 1
