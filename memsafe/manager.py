@@ -86,9 +86,6 @@ class CacheManager:
         if not isinstance(name, str) or not name:
             msg = f"name must be a non-empty str, got {name!r}"
             raise ValueError(msg)
-        if "name" in kwargs:
-            msg = f"name is given positionally, got name={kwargs['name']!r} in kwargs too"
-            raise TypeError(msg)
         settings = (max_size, ttl_seconds, max_bytes, sorted(kwargs.items()))
         with self._lock:
             existing = self._caches.get(name)
