@@ -394,8 +394,9 @@ class MemoryMonitorMiddleware:
                 status = message.get("status", 0)
                 if add_headers:
                     rss_value, delta_value = _header_values(rss_response, rss_response - rss_start)
-                    headers = [*message.get("headers", ()), (RSS_HEADER, rss_value)]
-                    message = {**message, "headers": [*headers, (DELTA_HEADER, delta_value)]}
+                    headers = list(message.get("headers", ()))
+                    headers += ((RSS_HEADER, rss_value), (DELTA_HEADER, delta_value))
+                    message = {**message, "headers": headers}
             await send(message)
 
         failed = True
