@@ -6,7 +6,7 @@ import itertools
 import random
 import threading
 
-# s = 1.2 over 10,000 ids: the 1,000 hottest ids draw ~80 % of hot requests (cache friendly).
+# s = 1.2 over 10,000 ids: the 1,000 hottest ids draw ~90 % of hot requests (cache friendly).
 ZIPF_EXPONENT = 1.2
 
 # (phase, end as a fraction of the run, share of the peak load users)

@@ -1,4 +1,4 @@
-"""Plan emulation: cgroup files written for v1 and v2, fallbacks, and a real cgroup made and removed."""
+"""Plan emulation: cgroup files for v1 and v2, fallbacks, and a real cgroup made and removed."""
 
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ STARTER = Plan("starter", cpu_quota_us=50_000, cpu_period_us=100_000, memory_lim
 
 @pytest.fixture
 def as_root(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(emulate_mod.os, "geteuid", lambda: 0)
+    monkeypatch.setattr(os, "geteuid", lambda: 0)
     monkeypatch.setattr(emulate_mod, "_rmdir", shutil.rmtree)  # fake dirs hold plain files
 
 
@@ -92,7 +92,7 @@ def test_unwritable_v1_is_unavailable_and_leaves_nothing(tmp_path: Path, as_root
 
 
 def test_non_root_is_unavailable(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(emulate_mod.os, "geteuid", lambda: 1000)
+    monkeypatch.setattr(os, "geteuid", lambda: 1000)
     with pytest.raises(EmulationUnavailable, match="needs root"):
         create_plan_cgroup(STARTER)
 
@@ -119,7 +119,7 @@ def test_systemd_run_scope_is_the_fallback(monkeypatch: pytest.MonkeyPatch, tmp_
 
     monkeypatch.setattr(emulate_mod, "create_plan_cgroup", unavailable)
     monkeypatch.setattr(emulate_mod, "SYSTEMD_MARKER", tmp_path)
-    monkeypatch.setattr(emulate_mod.shutil, "which", lambda name: f"/usr/bin/{name}")
+    monkeypatch.setattr(shutil, "which", lambda name: f"/usr/bin/{name}")
     with emulate(STARTER, log=lambda line: None) as emulation:
         assert emulation.plan == STARTER
         assert emulation.command_prefix[:2] == ["systemd-run", "--scope"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -54,10 +55,8 @@ def tree() -> Iterator[subprocess.Popen[bytes]]:
     root = psutil.Process(parent.pid)
     _wait_for(lambda: _children_ready(root))
     yield parent
-    try:
+    with contextlib.suppress(ProcessLookupError):
         os.killpg(parent.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
     parent.wait()
 
 

@@ -99,7 +99,7 @@ def test_env_names_match_the_makefile_variables() -> None:
 def test_unknown_or_malformed_plans_are_errors() -> None:
     with pytest.raises(ValueError, match="unknown plan 'gold'; allowed: starter"):
         resolve_plan(CONFIG, "gold")
-    with pytest.raises(ValueError, match="plans.bad needs integer"):
+    with pytest.raises(ValueError, match=r"plans\.bad needs integer"):
         resolve_plan({"plans": {"bad": {"cpu_quota_us": 1}}}, "bad")
 
 
