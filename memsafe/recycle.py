@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import os
 import signal
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any, Final
 
 from memsafe._clock import Clock
@@ -17,6 +19,7 @@ logger = logging.getLogger(__name__)
 
 MIB: Final = 1024 * 1024
 DEFAULT_CHECK_INTERVAL_SECONDS: Final = 2.0
+STOP_ACCEPTING_GRACE_SECONDS: Final = 0.5
 # gunicorn's own workers (sync, gthread, gevent, tornado, asgi) leave their serving loop when
 # worker.alive turns False, then drain in-flight requests. Anything else (uvicorn_worker's
 # UvicornWorker runs uvicorn's Server, which never reads worker.alive) gets SIGTERM instead.
@@ -28,6 +31,8 @@ _exit_pid: int | None = None
 _worker: Any = None
 _worker_pid: int | None = None
 _active_recycler: RSSRecycler | None = None
+_loop: asyncio.AbstractEventLoop | None = None
+_loop_pid: int | None = None
 
 
 def _honours_alive_flag(worker: object) -> bool:
@@ -53,8 +58,73 @@ def is_exit_requested() -> bool:
     return _exit_reason is not None and _exit_pid == os.getpid()
 
 
+def _remember_running_loop() -> None:
+    """Note this worker's event loop when called on it (a cheap no-op once known)."""
+    global _loop, _loop_pid
+    pid = os.getpid()
+    if _loop_pid == pid:
+        return
+    try:
+        loop = asyncio.get_running_loop()
+    except RuntimeError:
+        return
+    _loop, _loop_pid = loop, pid
+
+
+def _worker_loop() -> asyncio.AbstractEventLoop | None:
+    """This worker's event loop: the running one, else the one noted earlier, if still open."""
+    _remember_running_loop()
+    loop = _loop if _loop_pid == os.getpid() else None
+    return loop if loop is not None and not loop.is_closed() else None
+
+
+def _listener_fds(worker: Any) -> list[int]:
+    """File descriptors of the worker's listening sockets (gunicorn's ``worker.sockets``)."""
+    fds: list[int] = []
+    for sock in getattr(worker, "sockets", None) or []:
+        with contextlib.suppress(AttributeError, OSError, ValueError):
+            fds.append(int(sock.fileno()))
+    return [fd for fd in fds if fd >= 0]
+
+
+def _stop_accepting(loop: asyncio.AbstractEventLoop, fds: list[int]) -> int:
+    """On the loop: stop accepting on ``fds`` in this process only; how many were stopped.
+
+    The listening sockets stay open (shared with the master and the other workers, which keep
+    accepting); only this loop's accept callbacks are unregistered. A loop that does not
+    accept through add_reader (uvloop) stops nothing here.
+    """
+    stopped = 0
+    for fd in fds:
+        with contextlib.suppress(ValueError, OSError, RuntimeError, NotImplementedError):
+            stopped += bool(loop.remove_reader(fd))
+    logger.info("worker pid %d stopped accepting on %d listener(s)", os.getpid(), stopped)
+    return stopped
+
+
+def _stop_accepting_then_terminate(
+    loop: asyncio.AbstractEventLoop,
+    fds: list[int],
+    kill: Callable[[int, int], None],
+    grace_seconds: float,
+) -> None:
+    """On the loop: stop accepting here, then SIGTERM this process after ``grace_seconds``.
+
+    uvicorn's graceful shutdown closes every connection that has no request in progress,
+    including one accepted a moment ago whose request is still on the wire: its client sees
+    a reset. Not accepting any more, then waiting a moment, lets such requests arrive and be
+    served. When nothing could be unregistered, SIGTERM goes at once.
+    """
+    delay = grace_seconds if _stop_accepting(loop, fds) else 0.0
+    loop.call_later(delay, kill, os.getpid(), signal.SIGTERM)
+
+
 def request_worker_exit(
-    reason: str, *, kill: Callable[[int, int], None] = os.kill, worker: Any = None
+    reason: str,
+    *,
+    kill: Callable[[int, int], None] = os.kill,
+    worker: Any = None,
+    grace_seconds: float = STOP_ACCEPTING_GRACE_SECONDS,
 ) -> None:
     """Ask this worker process to stop taking requests, finish those in flight, and exit.
 
@@ -63,12 +133,15 @@ def request_worker_exit(
     worker closes its listeners, waits up to ``graceful_timeout`` for open connections and
     runs the lifespan shutdown. Otherwise (``uvicorn_worker.UvicornWorker``, or no worker
     recorded by the post_fork hook) it sends SIGTERM to itself, which uvicorn's Server
-    handles by draining in-flight requests, then running the lifespan shutdown. Outside a
-    supervisor that replaces dead workers (plain ``uvicorn app:app``) that stops the server.
+    handles by draining in-flight requests, then running the lifespan shutdown. When this
+    worker's event loop is known (a check ran on it), the worker first stops accepting on its
+    listeners, in this process only, and for uvicorn waits ``grace_seconds`` before SIGTERM
+    (see :func:`_stop_accepting_then_terminate`). Outside a
+    supervisor that replaces dead workers (plain ``uvicorn app:app``) this stops the server.
     Only the first call in a process acts; later ones are logged at debug level.
 
-    Thread safety: safe from any thread (the decision is taken under a lock; SIGTERM is
-    delivered to the main thread).
+    Thread safety: safe from any thread (the decision is taken under a lock, loop work is
+    handed to the loop with call_soon_threadsafe, SIGTERM reaches the main thread).
     """
     global _exit_reason, _exit_pid
     pid = os.getpid()
@@ -78,11 +151,19 @@ def request_worker_exit(
             return
         _exit_reason, _exit_pid = reason, pid
         target = worker if worker is not None else current_worker()
+    loop = _worker_loop()
+    fds = _listener_fds(target)
     if target is not None and _honours_alive_flag(target):
         logger.warning("recycling worker pid %d (%s): worker.alive = False, draining", pid, reason)
         target.alive = False
+        # gunicorn's asgi worker notices within a second; meanwhile accept nothing new here.
+        if loop is not None and fds:
+            loop.call_soon_threadsafe(_stop_accepting, loop, fds)
         return
     logger.warning("recycling worker pid %d (%s): SIGTERM to itself, draining", pid, reason)
+    if loop is not None and fds:
+        loop.call_soon_threadsafe(_stop_accepting_then_terminate, loop, fds, kill, grace_seconds)
+        return
     kill(pid, signal.SIGTERM)
 
 
@@ -103,10 +184,11 @@ class RSSRecycler:
     """Recycles a gunicorn worker whose RSS reaches ``max_worker_rss_mb`` (MiB), gracefully.
 
     Create one in ``gunicorn.conf.py`` and install its hooks (``globals().update(
-    recycler.hooks())``, or assign the methods one by one). RSS is checked after each
-    request through ``post_request`` (gunicorn's own workers, ``asgi`` included, call it),
-    through :meth:`check` / :func:`check_worker_rss` for worker classes without request
-    hooks (``UvicornWorker``: wire it to the middleware's per-response RSS hook), and every
+    recycler.hooks())``, or assign the methods one by one). RSS is checked on each request
+    through ``pre_request`` (gunicorn's own workers, ``asgi`` included, call it; uWSGI's
+    after-the-request timing is :meth:`post_request`), through :meth:`check` /
+    :func:`check_worker_rss` for worker classes without request hooks (``UvicornWorker``:
+    wire it to the middleware's per-response RSS hook), and every
     ``check_interval_seconds`` by a daemon watchdog thread started in ``post_worker_init``
     (None disables it), which also covers UvicornWorker with no app wiring at all. A
     worker already over the cap right after boot is never recycled (that would loop): an
@@ -125,6 +207,7 @@ class RSSRecycler:
         rss_probe: Callable[[], int] = process_rss_bytes,
         exit_request: Callable[[str], None] | None = None,
         clock: Clock = time.monotonic,
+        is_wrapping_app: bool = True,
     ) -> None:
         if isinstance(max_worker_rss_mb, bool) or not isinstance(max_worker_rss_mb, int | float):
             msg = f"max_worker_rss_mb must be a number of MiB > 0, got {max_worker_rss_mb!r}"
@@ -148,6 +231,7 @@ class RSSRecycler:
         self._rss_probe = rss_probe
         self._exit_request = exit_request
         self._clock = clock
+        self.is_wrapping_app = is_wrapping_app
         self._lock = threading.Lock()
         self._reset(pid=None)
 
@@ -170,7 +254,7 @@ class RSSRecycler:
         return {
             "post_fork": self.post_fork,
             "post_worker_init": self.post_worker_init,
-            "post_request": self.post_request,
+            "pre_request": self.pre_request,
             "worker_exit": self.worker_exit,
         }
 
@@ -183,9 +267,16 @@ class RSSRecycler:
         _active_recycler = self
 
     def post_worker_init(self, worker: Any) -> None:
-        """gunicorn hook (app loaded): note the boot RSS and start the watchdog thread."""
+        """gunicorn hook (app loaded): note the boot RSS, wrap the app, start the watchdog.
+
+        For a worker class that calls no request hook (UvicornWorker), the loaded ASGI app
+        (``worker.wsgi``) is wrapped so RSS is checked after each HTTP request.
+        """
         if self.pid != os.getpid():  # the post_fork hook is not installed
             self.post_fork(None, worker)
+        app = getattr(worker, "wsgi", None)
+        if self.is_wrapping_app and app is not None and not _honours_alive_flag(worker):
+            worker.wsgi = _CheckAfterRequest(app, self)
         rss = self._rss_probe()
         self.boot_rss_bytes = rss
         if rss >= self.max_rss_bytes:
@@ -204,8 +295,24 @@ class RSSRecycler:
             )
             self._watchdog.start()
 
+    def pre_request(self, worker: Any, req: Any) -> None:
+        """gunicorn hook, before each request in gunicorn's own workers: check RSS.
+
+        Checking before the app runs (RSS then includes every earlier request) lets a worker
+        over the cap clear ``worker.alive`` before this response's headers are written, so
+        gunicorn announces ``Connection: close`` and keep-alive clients reconnect cleanly.
+        """
+        self.requests += 1
+        self.check(worker=worker)
+
     def post_request(self, worker: Any, req: Any, environ: Any, resp: Any) -> None:
-        """gunicorn hook, called after each request by gunicorn's own workers: check RSS."""
+        """gunicorn hook, after each request: uWSGI's reload-on-rss timing (check, then exit).
+
+        An alternative to :meth:`pre_request` (install one of them): the response is already
+        out with keep-alive, so a keep-alive client learns of the close only from the socket.
+        With a post_request hook set, gunicorn's asgi worker also waits for every app call to
+        return before reading the next request on a connection.
+        """
         self.requests += 1
         self.check(worker=worker)
 
@@ -233,6 +340,7 @@ class RSSRecycler:
             return True
         if self.is_disabled:
             return False
+        _remember_running_loop()
         rss = self._rss_probe() if rss_bytes is None else rss_bytes
         self.checks += 1
         self.last_rss_bytes = rss
@@ -280,6 +388,31 @@ class RSSRecycler:
         }
 
 
+class _CheckAfterRequest:
+    """ASGI wrapper: after each HTTP request, check the worker's RSS (UvicornWorker).
+
+    Thread safety: holds no state of its own; runs on the worker's event loop.
+    """
+
+    def __init__(self, app: Callable[..., Awaitable[None]], recycler: RSSRecycler) -> None:
+        self.app = app
+        self.recycler = recycler
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        _remember_running_loop()
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            self.recycler.requests += 1
+            try:
+                self.recycler.check()
+            except Exception:  # a probe failure must not replace the app's own outcome
+                logger.exception("RSS check after the request failed")
+
+
 def active_recycler() -> RSSRecycler | None:
     """The RSSRecycler whose post_fork hook ran in this process, or None."""
     recycler = _active_recycler
@@ -288,7 +421,8 @@ def active_recycler() -> RSSRecycler | None:
 
 def _reset_for_tests() -> None:
     """Forget the recorded worker, the exit request and the active recycler."""
-    global _worker, _worker_pid, _exit_reason, _exit_pid, _active_recycler
+    global _worker, _worker_pid, _exit_reason, _exit_pid, _active_recycler, _loop, _loop_pid
     with _state_lock:
         _worker = _worker_pid = _exit_reason = _exit_pid = None
         _active_recycler = None
+        _loop = _loop_pid = None

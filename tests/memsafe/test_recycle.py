@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import signal
+import socket
 import threading
 from collections.abc import Iterator
 from types import FrameType
@@ -37,6 +39,7 @@ class UvicornLikeWorker:
 
     def __init__(self) -> None:
         self.alive = True
+        self.sockets: list[socket.socket] = []
 
 
 UvicornLikeWorker.__module__ = "uvicorn_worker._workers"
@@ -107,7 +110,8 @@ def test_hooks_pass_gunicorn_setting_validation() -> None:
     cfg = Config()
     for name, hook in recycler.hooks().items():
         cfg.set(name, hook)
-    assert set(recycler.hooks()) == {"post_fork", "post_worker_init", "post_request", "worker_exit"}
+    assert set(recycler.hooks()) == {"post_fork", "post_worker_init", "pre_request", "worker_exit"}
+    cfg.set("post_request", recycler.post_request)  # the uWSGI-timed alternative
     assert cfg.post_fork == recycler.post_fork
 
 
@@ -178,7 +182,7 @@ def test_post_request_under_the_cap_does_nothing() -> None:
     assert rss.reads == 1
 
 
-def test_post_request_over_the_cap_recycles_the_worker_once(
+def test_pre_request_over_the_cap_recycles_the_worker_once(
     caplog: pytest.LogCaptureFixture, fake_clock: FakeClock
 ) -> None:
     rss = Rss(300)
@@ -186,8 +190,8 @@ def test_post_request_over_the_cap_recycles_the_worker_once(
     recycler = _forked(RSSRecycler(256, rss_probe=rss, clock=fake_clock), worker)
     fake_clock.advance(42)
     with caplog.at_level(logging.WARNING, logger="memsafe.recycle"):
-        recycler.post_request(worker, None, None, None)
-        recycler.post_request(worker, None, None, None)
+        recycler.pre_request(worker, None)
+        recycler.pre_request(worker, None)
     assert worker.alive is False
     assert recycler.is_recycling
     assert rss.reads == 1  # once recycling, no more probing
@@ -317,3 +321,189 @@ def test_only_one_of_two_racing_checks_requests_the_exit() -> None:
     recycler._rss_probe = probe_while_the_other_thread_wins
     assert recycler.check() is True
     assert reasons == []
+
+
+# --- stop accepting before exiting ----------------------------------------------------------
+
+
+class _Accepted(asyncio.Protocol):
+    def __init__(self, accepted: list[asyncio.BaseTransport]) -> None:
+        self.accepted = accepted
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.accepted.append(transport)
+        transport.close()
+
+
+async def _listening_worker(
+    worker: Any, accepted: list[asyncio.BaseTransport]
+) -> tuple[asyncio.Server, socket.socket]:
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    sock.listen()
+    server = await asyncio.get_running_loop().create_server(lambda: _Accepted(accepted), sock=sock)
+    worker.sockets = [sock]
+    recycle.record_worker(worker)
+    return server, sock
+
+
+async def _connect_and_wait(sock: socket.socket, seconds: float) -> None:
+    host, port = sock.getsockname()
+    _, writer = await asyncio.open_connection(host, port)
+    await asyncio.sleep(seconds)
+    writer.close()
+    await writer.wait_closed()
+
+
+def test_uvicorn_worker_stops_accepting_then_gets_sigterm_after_the_grace() -> None:
+    kills: list[int] = []
+    accepted: list[asyncio.BaseTransport] = []
+
+    async def scenario() -> None:
+        server, sock = await _listening_worker(UvicornLikeWorker(), accepted)
+        await _connect_and_wait(sock, 0.05)
+        assert len(accepted) == 1
+        request_worker_exit("test", kill=lambda pid, sig: kills.append(sig), grace_seconds=0.2)
+        await asyncio.sleep(0.01)
+        assert kills == []  # the grace is running
+        await _connect_and_wait(sock, 0.3)
+        assert len(accepted) == 1  # the second connection was never accepted here
+        assert kills == [signal.SIGTERM]
+        server.close()
+        await server.wait_closed()
+
+    asyncio.run(scenario())
+
+
+def test_gunicorn_worker_stops_accepting_and_is_not_signalled() -> None:
+    accepted: list[asyncio.BaseTransport] = []
+    worker = GunicornLikeWorker()
+
+    async def scenario() -> None:
+        server, sock = await _listening_worker(worker, accepted)
+        request_worker_exit("test", kill=_no_kill)
+        await asyncio.sleep(0.01)
+        await _connect_and_wait(sock, 0.1)
+        assert accepted == []
+        server.close()
+        await server.wait_closed()
+
+    asyncio.run(scenario())
+    assert worker.alive is False
+
+
+class _UvloopLike:
+    """A loop whose server does not accept through add_reader: nothing to unregister."""
+
+    def __init__(self) -> None:
+        self.delays: list[float] = []
+
+    def remove_reader(self, fd: int) -> bool:
+        return False
+
+    def call_later(self, delay: float, callback: Any, *args: Any) -> None:
+        self.delays.append(delay)
+
+
+def test_sigterm_goes_at_once_when_no_listener_could_be_unregistered() -> None:
+    loop = _UvloopLike()
+    recycle._stop_accepting_then_terminate(loop, [5], _no_kill, 9.0)  # type: ignore[arg-type]  # duck-typed loop
+    assert loop.delays == [0.0]
+
+
+def test_listener_fds_skip_closed_and_odd_sockets() -> None:
+    closed = socket.socket()
+    closed.close()
+
+    class NoFileno:
+        pass
+
+    worker = UvicornLikeWorker()
+    worker.sockets = [closed, NoFileno()]  # type: ignore[list-item]  # deliberately odd
+    assert recycle._listener_fds(worker) == []
+    assert recycle._listener_fds(object()) == []
+
+
+def test_a_closed_loop_is_not_used_and_sigterm_goes_at_once() -> None:
+    async def note_loop() -> None:
+        recycle._remember_running_loop()
+        recycle._remember_running_loop()  # known already: a no-op
+
+    asyncio.run(note_loop())
+    worker = UvicornLikeWorker()
+    worker.sockets = [socket.socket()]
+    try:
+        kills: list[int] = []
+        request_worker_exit("test", kill=lambda pid, sig: kills.append(sig), worker=worker)
+        assert kills == [signal.SIGTERM]
+    finally:
+        worker.sockets[0].close()
+
+
+# --- the app wrapper for worker classes without request hooks --------------------------------
+
+
+class _App:
+    def __init__(self, error: Exception | None = None) -> None:
+        self.calls: list[str] = []
+        self.error = error
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        self.calls.append(scope["type"])
+        if self.error is not None:
+            raise self.error
+
+
+def _wrapped(worker: Any, recycler: RSSRecycler, app: _App) -> Any:
+    worker.wsgi = app
+    recycler.post_fork(object(), worker)
+    recycler.post_worker_init(worker)
+    return worker.wsgi
+
+
+def test_uvicorn_worker_app_is_wrapped_to_check_after_each_http_request() -> None:
+    app = _App()
+    rss = Rss(10)
+    recycler = RSSRecycler(64, None, rss_probe=rss)
+    wrapped = _wrapped(UvicornLikeWorker(), recycler, app)
+    assert wrapped is not app
+
+    async def scenario() -> None:
+        await wrapped({"type": "lifespan"}, None, None)
+        await wrapped({"type": "http"}, None, None)
+
+    asyncio.run(scenario())
+    assert app.calls == ["lifespan", "http"]
+    assert recycler.stats()["requests"] == 1
+    assert rss.reads == 2  # one at boot, one after the request
+
+
+def test_app_errors_propagate_and_are_still_counted() -> None:
+    app = _App(error=KeyError("boom"))
+    recycler = RSSRecycler(64, None, rss_probe=Rss(10))
+    wrapped = _wrapped(UvicornLikeWorker(), recycler, app)
+    with pytest.raises(KeyError, match="boom"):
+        asyncio.run(wrapped({"type": "http"}, None, None))
+    assert recycler.requests == 1
+
+
+def test_a_failing_check_does_not_break_the_request(caplog: pytest.LogCaptureFixture) -> None:
+    app = _App()
+    readings = iter([10 * MIB])
+
+    def probe() -> int:
+        return next(readings)  # the second read raises StopIteration
+
+    recycler = RSSRecycler(64, None, rss_probe=probe)
+    wrapped = _wrapped(UvicornLikeWorker(), recycler, app)
+    with caplog.at_level(logging.ERROR, logger="memsafe.recycle"):
+        asyncio.run(wrapped({"type": "http"}, None, None))
+    assert "RSS check after the request failed" in caplog.text
+
+
+@pytest.mark.parametrize("is_gunicorn_worker", [True, False])
+def test_app_is_left_alone_for_gunicorn_workers_or_when_asked(is_gunicorn_worker: bool) -> None:
+    app = _App()
+    worker = GunicornLikeWorker() if is_gunicorn_worker else UvicornLikeWorker()
+    recycler = RSSRecycler(64, None, rss_probe=Rss(10), is_wrapping_app=is_gunicorn_worker)
+    assert _wrapped(worker, recycler, app) is app
