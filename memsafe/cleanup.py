@@ -94,9 +94,9 @@ class CleanupConfig:
     shutdown_timeout_seconds: float = 5.0
 
     def __post_init__(self) -> None:
-        for name, (low, high, low_open) in _RANGES.items():
+        for name, (low, high, low_open, is_optional) in _RANGES.items():
             value = getattr(self, name)
-            if value is not None or name not in _OPTIONAL:
+            if value is not None or not is_optional:
                 _check_number(name, value, low=low, high=high, low_open=low_open)
         if isinstance(self.max_events, bool) or not isinstance(self.max_events, int):
             msg = f"max_events must be an int in [1, 1000000], got {self.max_events!r}"
@@ -105,33 +105,22 @@ class CleanupConfig:
             _check_ordered(tuple(f"{level}_{suffix}" for level in LEVELS[1:]), self)
 
 
-# Allowed ranges: field -> (low, high, is the low end excluded).
-_RANGES: Final[dict[str, tuple[float, float, bool]]] = {
-    "interval_seconds": (0, 86400, True),
-    "soft_limit_mb": (0, 1024 * 1024, True),
-    "hard_limit_mb": (0, 1024 * 1024, True),
-    "recycle_limit_mb": (0, 1024 * 1024, True),
-    "soft_fraction": (0, 1, True),
-    "hard_fraction": (0, 1, True),
-    "recycle_fraction": (0, 1, True),
-    "hysteresis_mb": (0, 1024 * 1024, False),
-    "min_full_gc_gap_seconds": (0, 86400, False),
-    "periodic_gc_seconds": (0, 86400, True),
-    "shrink_fraction": (0, 1, True),
-    "max_events": (1, 1_000_000, False),
-    "shutdown_timeout_seconds": (0, 3600, True),
+# Allowed ranges: field -> (low, high, is the low end excluded, may be None).
+_RANGES: Final[dict[str, tuple[float, float, bool, bool]]] = {
+    "interval_seconds": (0, 86400, True, False),
+    "soft_limit_mb": (0, 1024 * 1024, True, True),
+    "hard_limit_mb": (0, 1024 * 1024, True, True),
+    "recycle_limit_mb": (0, 1024 * 1024, True, True),
+    "soft_fraction": (0, 1, True, True),
+    "hard_fraction": (0, 1, True, True),
+    "recycle_fraction": (0, 1, True, True),
+    "hysteresis_mb": (0, 1024 * 1024, False, False),
+    "min_full_gc_gap_seconds": (0, 86400, False, False),
+    "periodic_gc_seconds": (0, 86400, True, True),
+    "shrink_fraction": (0, 1, True, False),
+    "max_events": (1, 1_000_000, False, False),
+    "shutdown_timeout_seconds": (0, 3600, True, False),
 }
-_OPTIONAL: Final = frozenset(
-    {
-        "soft_limit_mb",
-        "hard_limit_mb",
-        "recycle_limit_mb",
-        "soft_fraction",
-        "hard_fraction",
-        "recycle_fraction",
-        "periodic_gc_seconds",
-    }
-)
 
 
 @dataclass(frozen=True)

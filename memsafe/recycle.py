@@ -184,14 +184,20 @@ class RSSRecycler:
     """Recycles a gunicorn worker whose RSS reaches ``max_worker_rss_mb`` (MiB), gracefully.
 
     Create one in ``gunicorn.conf.py`` and install its hooks (``globals().update(
-    recycler.hooks())``, or assign the methods one by one). RSS is checked on each request
-    through ``pre_request`` (gunicorn's own workers, ``asgi`` included, call it; uWSGI's
-    after-the-request timing is :meth:`post_request`), through :meth:`check` /
-    :func:`check_worker_rss` for worker classes without request hooks (``UvicornWorker``:
-    wire it to the middleware's per-response RSS hook), and every
-    ``check_interval_seconds`` by a daemon watchdog thread started in ``post_worker_init``
-    (None disables it), which also covers UvicornWorker with no app wiring at all. A
-    worker already over the cap right after boot is never recycled (that would loop): an
+    recycler.hooks())``, or assign the methods one by one). RSS is checked:
+
+    - before each request by ``pre_request``, which gunicorn's own workers (``asgi``
+      included) call, so the response that follows announces ``Connection: close``
+      (:meth:`post_request` is the alternative with uWSGI's after-the-request timing);
+    - after each HTTP request by a thin ASGI wrapper that ``post_worker_init`` puts around
+      the app of a worker class that calls no request hook (``UvicornWorker``);
+      ``is_wrapping_app=False`` leaves the app alone, for an app that calls
+      :func:`check_worker_rss` from its own per-response hook instead;
+    - every ``check_interval_seconds`` by a daemon watchdog thread (None disables it), which
+      also catches growth between requests.
+
+    A worker over the cap stops accepting, drains and exits (:func:`request_worker_exit`).
+    A worker already over the cap right after boot is never recycled (that would loop): an
     error is logged instead.
 
     Thread safety: the object is built in the master and copied into each worker by fork;
