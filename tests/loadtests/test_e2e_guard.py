@@ -1,0 +1,72 @@
+"""Proof the guard can fail: a short real run of a leaking server FAILS, the real server PASSES.
+
+Each test runs `python -m loadtests.run --smoke` (gunicorn + Locust on 127.0.0.1, ~30 s) as a
+subprocess, with its own SQLite store and reports directory.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+pytestmark = [pytest.mark.slow, pytest.mark.e2e]
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+RUN_TIMEOUT_SECONDS = 90
+# The leak must not be hidden by the safety nets this project adds (RSS recycling, request-count
+# restarts): those bound a leak, and here the point is that the guard sees one.
+NO_RECYCLING = [
+    "APP_SERVER__MAX_WORKER_RSS_MB=65536",
+    "APP_MEMORY__RECYCLE_LIMIT_MB=65536",
+    "APP_SERVER__MAX_REQUESTS=0",
+]
+
+
+def _run(tmp_path: Path, *extra: str) -> tuple[int, dict[str, Any], str]:
+    store = f"APP_STORE__PATH={tmp_path / 'app.sqlite3'}"
+    command = [
+        sys.executable, "-m", "loadtests.run", "--smoke", "--profile", "starter",
+        "--reports-dir", str(tmp_path / "reports"), "--server-env", store, *extra,
+    ]  # fmt: skip
+    done = subprocess.run(
+        command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=RUN_TIMEOUT_SECONDS
+    )
+    summaries = list((tmp_path / "reports").glob("loadtest-*/summary.json"))
+    assert len(summaries) == 1, done.stdout + done.stderr
+    return done.returncode, json.loads(summaries[0].read_text()), done.stdout
+
+
+def _failed(summary: dict[str, Any]) -> set[str]:
+    return {c["name"] for c in summary["criteria"] if not c["passed"]}
+
+
+def test_the_real_server_passes_the_smoke_verdict(tmp_path: Path) -> None:
+    code, summary, out = _run(tmp_path)
+    assert code == 0, out
+    assert summary["passed"] is True
+    assert _failed(summary) == set()
+    assert summary["reported"]["requests"] > 0
+    assert summary["reported"]["hit_rate"] is not None
+    report_dir = Path(summary["reports_dir"])
+    for name in ("memory.csv", "memory.png", "locust_stats.csv", "locust.html", "server.log"):
+        assert (report_dir / name).stat().st_size > 0, name
+    assert "VERDICT: PASS" in out
+
+
+def test_a_leaking_server_fails_on_memory_alone(tmp_path: Path) -> None:
+    leak = ["--app", "loadtests.leaky_app:app"]
+    for item in [*NO_RECYCLING, "LEAKY_APP_KIB_PER_REQUEST=64"]:
+        leak += ["--server-env", item]
+    code, summary, out = _run(tmp_path, *leak)
+    assert code == 1, out
+    assert summary["passed"] is False
+    # Requests all succeeded: what failed is memory growth, measured two ways.
+    assert _failed(summary) == {"RSS slope after warm-up (Theil-Sen)", "RSS growth per 1k requests"}
+    growth = next(c for c in summary["criteria"] if c["name"] == "RSS growth per 1k requests")
+    assert 40 < growth["value"] < 120  # 64 KiB kept per request is 62.5 MB per 1k requests
+    assert "VERDICT: FAIL" in out
