@@ -1,9 +1,9 @@
-"""Type variables shared by memsafe's generic containers."""
+"""Type variables and shared typed shapes of memsafe's caches."""
 
 from __future__ import annotations
 
 from collections.abc import Hashable
-from typing import TypeVar
+from typing import Any, Protocol, TypedDict, TypeVar
 
 K = TypeVar("K", bound=Hashable)
 """Key type of a cache or mapping."""
@@ -13,3 +13,28 @@ V = TypeVar("V")
 
 T = TypeVar("T")
 """Type of a caller-supplied default."""
+
+
+class LockLike(Protocol):
+    """What `LRUCache` needs of an injected lock: `threading.Lock` and `RLock` both fit."""
+
+    def acquire(self, blocking: bool = ..., timeout: float = ...) -> bool: ...
+    def release(self) -> None: ...
+    def __enter__(self) -> Any: ...
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any, /) -> Any: ...
+
+
+class CacheStats(TypedDict):
+    """Counters and sizes of one cache, as returned by `LRUCache.stats()`."""
+
+    name: str
+    size: int
+    max_size: int
+    bytes: int
+    max_bytes: int | None
+    hits: int
+    misses: int
+    evictions: int
+    expirations: int
+    rejections: int
+    hit_rate: float

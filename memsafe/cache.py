@@ -10,10 +10,12 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable
-from typing import Any, Final, Generic, Protocol, TypedDict, overload
+from typing import Any, Final, Generic, overload
 
 from memsafe._clock import Clock
-from memsafe._types import K, T, V
+from memsafe._types import CacheStats, K, LockLike, T, V
+
+__all__ = ["NEVER", "CacheStats", "LRUCache", "LockLike", "default_sizeof"]
 
 logger = logging.getLogger(__name__)
 
@@ -21,31 +23,6 @@ NEVER: Final = math.inf
 """Expiry time of an entry without a TTL (one shared float, so no allocation per entry)."""
 
 _MISSING: Final = object()
-
-
-class LockLike(Protocol):
-    """What `LRUCache` needs of an injected lock: `threading.Lock` and `RLock` both fit."""
-
-    def acquire(self, blocking: bool = ..., timeout: float = ...) -> bool: ...
-    def release(self) -> None: ...
-    def __enter__(self) -> Any: ...
-    def __exit__(self, exc_type: Any, exc: Any, tb: Any, /) -> Any: ...
-
-
-class CacheStats(TypedDict):
-    """Counters and sizes of one cache, as returned by `LRUCache.stats()`."""
-
-    name: str
-    size: int
-    max_size: int
-    bytes: int
-    max_bytes: int | None
-    hits: int
-    misses: int
-    evictions: int
-    expirations: int
-    rejections: int
-    hit_rate: float
 
 
 def default_sizeof(value: object) -> int:
@@ -117,12 +94,10 @@ class LRUCache(Generic[K, V]):
         self._max_size = _check_positive_int("max_size", max_size)
         self._ttl_seconds = _check_ttl("ttl_seconds", ttl_seconds)
         self._max_bytes = None if max_bytes is None else _check_positive_int("max_bytes", max_bytes)
-        if sizeof is not None and not callable(sizeof):
-            msg = f"sizeof must be callable or None, got {sizeof!r}"
-            raise TypeError(msg)
-        if on_evict is not None and not callable(on_evict):
-            msg = f"on_evict must be callable or None, got {on_evict!r}"
-            raise TypeError(msg)
+        for arg, function in (("sizeof", sizeof), ("on_evict", on_evict)):
+            if function is not None and not callable(function):
+                msg = f"{arg} must be callable or None, got {function!r}"
+                raise TypeError(msg)
         if not callable(clock):
             msg = f"clock must be callable, got {clock!r}"
             raise TypeError(msg)
@@ -130,13 +105,8 @@ class LRUCache(Generic[K, V]):
         # tracked: an immutable tuple is swapped in whole, so a lock-free reader never sees a
         # half-written entry.
         self._data: OrderedDict[K, tuple[Any, ...]] = OrderedDict()
-        self._move_to_end = self._data.move_to_end
-        # Per-entry sizes are computed only when a byte bound (or a manager budget) needs them.
-        self._sizeof: Callable[[object], int] | None = (
-            (sizeof or default_sizeof) if self._max_bytes is not None else None
-        )
-        if self._max_bytes is None and sizeof is not None:
-            self._sizeof = sizeof  # an explicit sizeof turns byte accounting on
+        # Sizes are computed only for a byte bound, an explicit sizeof or a manager budget.
+        self._sizeof = (sizeof or default_sizeof) if self._max_bytes is not None else sizeof
         self._on_evict = on_evict
         self._clock = clock
         self._lock: LockLike = threading.RLock() if lock is None else lock
@@ -168,7 +138,7 @@ class LRUCache(Generic[K, V]):
         # hit, measured). Installed per instance, so a subclass overriding get is respected.
         data = self._data
         clock = self._clock
-        move_to_end = self._move_to_end
+        move_to_end = data.move_to_end
         count_hit = self._count_hit
         count_miss = self._count_miss
         drop_expired = self._drop_expired
@@ -194,8 +164,6 @@ class LRUCache(Generic[K, V]):
         get.__doc__ = LRUCache.get.__doc__
         return get
 
-    # -- reads -------------------------------------------------------------------------------
-
     @overload
     def get(self, key: K) -> V | None: ...
     @overload
@@ -203,13 +171,10 @@ class LRUCache(Generic[K, V]):
     def get(self, key: K, default: object = None) -> object:
         """Return the live value under `key` and mark it most recently used, else `default`.
 
-        A hit takes no lock. Why that is safe under CPython's GIL: the entry is read by one
-        C-level dict lookup and is an immutable tuple, so it is a value that was really stored;
-        its expiry is checked against a fresh clock read, so an expired entry is never
-        returned; `move_to_end` is one C call, and if a writer removed the key in between it
-        raises KeyError, which is ignored (the read happened before the removal). The hit
-        counter is an `itertools.count`, whose `next` is atomic. Writers never depend on
-        recency order being stable between two of their own locked steps.
+        A hit takes no lock, safe under CPython's GIL: the entry is an immutable tuple read by
+        one C-level lookup; its expiry is checked against a fresh clock read, so an expired
+        entry is never returned; `move_to_end` is one C call (a KeyError from a concurrent
+        removal is ignored: the read came first); the hit counter's `next` is atomic.
         """
         return self._fast_get(key, default)
 
@@ -268,8 +233,6 @@ class LRUCache(Generic[K, V]):
         value = factory()
         self.set(key, value, ttl_seconds)
         return value
-
-    # -- writes ------------------------------------------------------------------------------
 
     def set(self, key: K, value: V, ttl_seconds: float | None = None) -> None:
         """Store `value` under `key` as most recently used; `ttl_seconds` overrides the cache's."""
@@ -331,14 +294,6 @@ class LRUCache(Generic[K, V]):
 
         return set
 
-    def _count_drop(self, entry: tuple[Any, ...]) -> None:
-        # Called under the lock for an entry dropped to make room.
-        expires_at = entry[1]
-        if expires_at is not NEVER and expires_at <= self._clock():
-            self._expirations += 1
-        else:
-            self._evictions += 1
-
     def _set_sized(
         self, key: K, value: V, ttl: float | None, sizeof: Callable[[object], int]
     ) -> None:
@@ -369,7 +324,10 @@ class LRUCache(Generic[K, V]):
                 ):
                     old_key, evicted = data.popitem(last=False)
                     self._nbytes -= evicted[2]
-                    self._count_drop(evicted)
+                    if evicted[1] is not NEVER and evicted[1] <= self._clock():
+                        self._expirations += 1
+                    else:
+                        self._evictions += 1
                     dropped.append((old_key, evicted[0]))
                 data[key] = (value, expires_at, size)
                 self._nbytes += size
@@ -486,8 +444,6 @@ class LRUCache(Generic[K, V]):
                     self._data[key] = (entry[0], entry[1], size)
                     self._nbytes += size
             self._grow_hook = hook
-
-    # -- introspection -----------------------------------------------------------------------
 
     def stats(self) -> CacheStats:
         """A consistent snapshot of sizes and counters."""
