@@ -13,6 +13,9 @@ graceful_timeout = 10
 timeout = 30
 keepalive = 2
 loglevel = "info"
+# gunicorn 27 opens a control socket at one fixed path per user: parallel test servers would
+# fight over it.
+control_socket_disable = True
 
 _interval = os.environ.get("E2E_CHECK_INTERVAL_SECONDS", "")
 recycler = RSSRecycler(
