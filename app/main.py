@@ -85,7 +85,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         cleanup_config(settings), manager=manager, recycle=recycle_worker
     )
     state.manager, state.store = manager, store
-    state.users = UserDataService(store, cache)
+    state.users = UserDataService(store, cache, offload_reads=store_settings.offload_reads)
     cleanup.start()
     state.cleanup = cleanup
     logger.info(

@@ -108,6 +108,7 @@ class StoreSettings(_Section):
 
     path: Path = Path("data/app.sqlite3")
     seed_users: int = Field(default=10_000, ge=0, le=10_000_000)
+    offload_reads: bool = False
 
 
 class LoggingSettings(_Section):

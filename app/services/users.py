@@ -22,9 +22,10 @@ class UserDataService:
     Thread safety: the cache has its own lock; the store has one connection per thread.
     """
 
-    def __init__(self, store: UserStore, cache: Any) -> None:
+    def __init__(self, store: UserStore, cache: Any, *, offload_reads: bool = False) -> None:
         self.store = store
         self.cache = cache
+        self.offload_reads = offload_reads
 
     def get_user(self, user_id: int) -> User | None:
         """The user with `user_id` (None when unknown), from the cache when it holds it."""
@@ -35,10 +36,19 @@ class UserDataService:
         return user  # type: ignore[no-any-return]  # cache values are User | None
 
     async def get_user_async(self, user_id: int) -> User | None:
-        """Like get_user, but a cache miss reads SQLite in the threadpool, off the event loop."""
+        """get_user for async endpoints; a miss reads SQLite inline unless offload_reads.
+
+        Measured here (benchmarks/bench_http.py notes): a primary-key read of the seeded store
+        takes ~8 us on the event loop, while the threadpool hop alone costs ~100 us. Inline
+        is the better trade for a store that fits the page cache; offload_reads=True moves
+        reads to the threadpool for a store on a slow or network disk.
+        """
         user = self.cache.get(user_id, _MISSING)
         if user is _MISSING:
-            user = await run_in_threadpool(self.store.get_user, user_id)
+            if self.offload_reads:
+                user = await run_in_threadpool(self.store.get_user, user_id)
+            else:
+                user = self.store.get_user(user_id)
             self.cache.set(user_id, user)
         return user  # type: ignore[no-any-return]  # cache values are User | None
 

@@ -57,3 +57,12 @@ def test_reads_are_bounded_by_the_cache_size(
     stats = c.get("/health").json()["caches"]["caches"]["users"]
     assert stats["size"] == 10
     assert stats["evictions"] == 40
+
+
+@pytest.mark.parametrize("offload", [True, False])
+def test_reads_work_inline_and_offloaded(
+    write_profile: ProfileWriter, make_client: ClientFactory, offload: bool
+) -> None:
+    c = make_client(load_settings(write_profile({"store": {"offload_reads": offload}})))
+    assert c.get("/users/9").json()["id"] == 9
+    assert c.get("/users/9").json()["id"] == 9
