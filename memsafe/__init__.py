@@ -31,7 +31,7 @@ from memsafe.probes import (
     release_memory,
     release_memory_async,
 )
-from memsafe.recycle import RSSRecycler, request_worker_exit
+from memsafe.recycle import RSSRecycler, check_worker_rss, request_worker_exit
 from memsafe.singleton import AgentSingleton, SingletonMeta, singleton_stats
 
 __all__ = [
@@ -55,6 +55,7 @@ __all__ = [
     "SingletonMeta",
     "cache_manager",
     "cached",
+    "check_worker_rss",
     "container_memory",
     "default_monitor",
     "memory_monitor",
