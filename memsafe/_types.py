@@ -16,10 +16,11 @@ T = TypeVar("T")
 
 
 class LockLike(Protocol):
-    """What `LRUCache` needs of an injected lock: `threading.Lock` and `RLock` both fit."""
+    """What a cache needs of an injected lock: a context manager (`threading.RLock`, `Lock`).
 
-    def acquire(self, blocking: bool = ..., timeout: float = ...) -> bool: ...
-    def release(self) -> None: ...
+    When it also has `acquire()`/`release()`, hot paths call those directly instead.
+    """
+
     def __enter__(self) -> Any: ...
     def __exit__(self, exc_type: Any, exc: Any, tb: Any, /) -> Any: ...
 

@@ -242,8 +242,11 @@ class LRUCache(Generic[K, V]):
         # A closure for the same reasons as _make_fast_get; the lock is taken with explicit
         # acquire/release, about 100 ns cheaper here than a `with` block.
         data = self._data
-        acquire = self._lock.acquire
-        release = self._lock.release
+        lock: Any = self._lock
+        acquire: Callable[[], object] = getattr(lock, "acquire", lock.__enter__)
+        release: Callable[[], object] = getattr(lock, "release", None) or (
+            lambda: lock.__exit__(None, None, None)  # a context-manager-only lock
+        )
         clock = self._clock
         max_size = self._max_size
         default_ttl = self._ttl_seconds

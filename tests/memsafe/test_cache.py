@@ -549,3 +549,29 @@ def test_expired_entry_replaced_mid_get_is_a_miss_that_keeps_the_new_entry() -> 
     assert cache.get("a") == "new"
     stats = cache.stats()
     assert (stats["expirations"], stats["size"], stats["bytes"]) == (0, 1, sys.getsizeof("new"))
+
+
+class EnterExitLock:
+    """A lock with only the context-manager protocol (no acquire/release)."""
+
+    def __init__(self) -> None:
+        self.enters = 0
+        self.depth = 0
+
+    def __enter__(self) -> EnterExitLock:
+        self.enters += 1
+        self.depth += 1
+        return self
+
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any, /) -> None:
+        self.depth -= 1
+
+
+def test_a_context_manager_only_lock_is_taken_and_always_released() -> None:
+    lock = EnterExitLock()
+    cache: LRUCache[Any, int] = LRUCache(1, lock=lock)
+    cache.set("a", 1)
+    cache.set("b", 2)  # evicts
+    with pytest.raises(TypeError, match="key must be hashable"):
+        cache.set([1], 3)
+    assert (lock.enters, lock.depth) == (3, 0)
