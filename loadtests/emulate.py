@@ -26,6 +26,7 @@ from pathlib import Path
 from loadtests.guard import CgroupFiles, cgroup_of
 from loadtests.thresholds import DEFAULT_THRESHOLDS_PATH, Plan, read_config, resolve_plan
 
+REPO_ROOT = Path(__file__).resolve().parent.parent
 CGROUP_ROOT = Path("/sys/fs/cgroup")
 PROC_SELF_CGROUP = Path("/proc/self/cgroup")
 SYSTEMD_MARKER = Path("/run/systemd/system")  # Ref: man sd_booted(3)
@@ -296,7 +297,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     command = [f"{sys.prefix}/bin/gunicorn", "-c", "config/gunicorn.conf.py", "app.main:app"]
     with emulate(plan) as emulation:
         server = subprocess.Popen(
-            [*emulation.command_prefix, *command], env=env, preexec_fn=emulation.preexec
+            [*emulation.command_prefix, *command],
+            cwd=REPO_ROOT,
+            env=env,
+            preexec_fn=emulation.preexec,
         )
         try:
             return server.wait()

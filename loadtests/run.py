@@ -463,6 +463,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     sampler: TreeSampler | None = None
     locust_code: int | None = None
     caches = CacheReport()
+    interrupted: str | None = None
     server_exit: int | None = None
     with emulate(plan) as emulation:
         server = start_server(
@@ -471,7 +472,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         )  # fmt: skip
         try:
             ready_seconds = wait_ready(server)
-            print(f"loadtest: server ready in {ready_seconds:.1f} s (pid {server.process.pid})")
+            pid = server.process.pid
+            print(f"loadtest: server ready in {ready_seconds:.1f} s (pid {pid})", flush=True)
             sampler = TreeSampler(
                 server.process.pid,
                 is_alive=lambda: server.process.poll() is None,
@@ -484,11 +486,20 @@ def main(argv: Sequence[str] | None = None) -> int:
             try:
                 timeout = settings.duration_seconds + LOCUST_GRACE_SECONDS
                 locust_code = wait_locust(locust, sampler, fatal, timeout)
+            except KeyboardInterrupt:
+                signal.signal(
+                    signal.SIGINT, signal.SIG_IGN
+                )  # a second Ctrl-C must not skip cleanup
+                interrupted = "interrupted by Ctrl-C: the run is incomplete"
+                print(f"loadtest: {interrupted}; stopping Locust and the server", flush=True)
+                with contextlib.suppress(ProcessLookupError, subprocess.TimeoutExpired):
+                    os.killpg(locust.pid, signal.SIGINT)  # Locust writes its reports on SIGINT
+                    locust.wait(timeout=15)
             finally:
                 if locust.poll() is None:
                     stop_process(locust, timeout=10)
             sampler.stop()
-            if not fatal.is_set():
+            if not fatal.is_set() and interrupted is None:
                 caches = cache_report(port)
         finally:
             if sampler is not None:
@@ -513,7 +524,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         health_max_ms=results.health_max_ms,
         request_counts=counts,
         oom_kills=sampler.oom_kills if sampler else 0,
-        fatal_reason=sampler.fatal_reason if sampler else "the guard never started",
+        fatal_reason=(sampler.fatal_reason if sampler else "the guard never started")
+        or interrupted,
         locust_exit_code=locust_code,
         recycles=sampler.recycles if sampler else 0,
         hit_rate=caches.hit_rate,
@@ -548,6 +560,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             "caches filling up to their bound; a longer run (DURATION=10m) judges steady state."
         )
     print(f"loadtest: reports in {out_dir} ({elapsed:.0f} s)", flush=True)
+    if interrupted is not None:
+        return 130
     return 0 if verdict.passed else 1
 
 

@@ -7,8 +7,12 @@ subprocess, with its own SQLite store and reports directory.
 from __future__ import annotations
 
 import json
+import os
+import re
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -69,4 +73,37 @@ def test_a_leaking_server_fails_on_memory_alone(tmp_path: Path) -> None:
     assert _failed(summary) == {"RSS slope after warm-up (Theil-Sen)", "RSS growth per 1k requests"}
     growth = next(c for c in summary["criteria"] if c["name"] == "RSS growth per 1k requests")
     assert 40 < growth["value"] < 120  # 64 KiB kept per request is 62.5 MB per 1k requests
+    assert "VERDICT: FAIL" in out
+
+
+def test_a_server_death_stops_the_run_at_once(tmp_path: Path) -> None:
+    command = [
+        sys.executable, "-m", "loadtests.run", "--smoke", "--duration", "40",
+        "--reports-dir", str(tmp_path / "reports"),
+        "--server-env", f"APP_STORE__PATH={tmp_path / 'app.sqlite3'}",
+    ]  # fmt: skip
+    runner = subprocess.Popen(command, cwd=REPO_ROOT, stdout=subprocess.PIPE, text=True)
+    assert runner.stdout is not None
+    try:
+        master = 0
+        for line in runner.stdout:
+            if match := re.search(r"server ready in .* \(pid (\d+)\)", line):
+                master = int(match.group(1))
+                break
+        assert master, "the runner never reported the server's pid"
+        time.sleep(4)  # let the load start
+        os.kill(master, signal.SIGKILL)
+        killed_at = time.monotonic()
+        out = runner.stdout.read()
+        code = runner.wait(timeout=60)
+        stopped_after = time.monotonic() - killed_at
+    finally:
+        if runner.poll() is None:
+            runner.kill()
+            runner.wait()
+        runner.stdout.close()
+    assert code == 1, out
+    assert stopped_after < 25  # well before the 40 s run would have ended
+    summary = json.loads(next((tmp_path / "reports").glob("loadtest-*/summary.json")).read_text())
+    assert "server died" in summary["fatal_reason"]
     assert "VERDICT: FAIL" in out
