@@ -246,6 +246,12 @@ def payload_bound_kib(profile: str, env: Mapping[str, str]) -> int:
         return 1024
 
 
+def _default_sigint() -> None:
+    # A runner started in the background (`cmd &`) inherits SIGINT ignored; Locust needs it back
+    # because SIGINT is how it is told to stop *and* write its HTML report.
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def start_locust(
     settings: LoadSettings, *, port: int, out_dir: Path, payload_kib: int
 ) -> subprocess.Popen[bytes]:
@@ -274,7 +280,7 @@ def start_locust(
     with (out_dir / "locust.log").open("wb") as log:
         return subprocess.Popen(
             command, cwd=REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
-            start_new_session=True,
+            start_new_session=True, preexec_fn=_default_sigint,
         )  # fmt: skip
 
 
