@@ -23,7 +23,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from loadtests.guard import CgroupFiles, cgroup_of
+from loadtests.cgroups import CgroupFiles, cgroup_of
 from loadtests.thresholds import DEFAULT_THRESHOLDS_PATH, Plan, read_config, resolve_plan
 
 REPO_ROOT = Path(__file__).resolve().parent.parent

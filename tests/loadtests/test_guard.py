@@ -8,14 +8,13 @@ from pathlib import Path
 
 import pytest
 
+from loadtests.cgroups import CgroupFiles, cgroup_of
 from loadtests.guard import (
     MIB,
     MIN_WINDOW_SAMPLES,
-    CgroupFiles,
     Criterion,
     MemorySample,
     RunFacts,
-    cgroup_of,
     format_table,
     judge,
     requests_at,

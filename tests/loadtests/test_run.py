@@ -15,15 +15,10 @@ import pytest
 
 from loadtests.chart import render_chart
 from loadtests.guard import MIB, MemorySample, RunFacts, judge
-from loadtests.run import (
-    _server_env,
-    build_parser,
-    cache_report,
-    payload_bound_kib,
-    read_locust_results,
-    stop_process,
-    write_memory_csv,
-)
+from loadtests.locust_io import read_locust_results
+from loadtests.report import write_memory_csv
+from loadtests.run import build_parser
+from loadtests.server import cache_report, payload_bound_kib, server_env, stop_process
 from loadtests.thresholds import LoadSettings, Plan
 
 STATS_HEADER = ["Type", "Name", "Request Count", "Failure Count", "Max Response Time",
@@ -97,12 +92,12 @@ def test_server_env_sets_profile_and_port_and_drops_web_concurrency(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setenv("WEB_CONCURRENCY", "1")
-    env = _server_env("starter", 8123, ["APP_SERVER__MAX_REQUESTS=0", "X=a=b"])
+    env = server_env("starter", 8123, ["APP_SERVER__MAX_REQUESTS=0", "X=a=b"])
     assert (env["APP_CONFIG"], env["PORT"]) == ("config/starter.yaml", "8123")
     assert (env["APP_SERVER__MAX_REQUESTS"], env["X"]) == ("0", "a=b")
     assert "WEB_CONCURRENCY" not in env
     with pytest.raises(ValueError, match="KEY=VALUE"):
-        _server_env("starter", 1, ["novalue"])
+        server_env("starter", 1, ["novalue"])
 
 
 def test_payload_bound_comes_from_the_profile_unless_env_overrides() -> None:
