@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -22,9 +23,14 @@ def render_chart(
     settings: LoadSettings,
     *,
     plan: Plan | None = None,
+    request_counts: Sequence[tuple[float, int]] = (),
 ) -> Path:
-    """Draw total/master/worker RSS, USS and cgroup usage with the limit, budget and slope fit."""
-    fig, ax = plt.subplots(figsize=(11, 5.5), dpi=100)
+    """Draw total/master/worker RSS, USS and cgroup usage with the limit, budget and slope fit.
+
+    request_counts ((t_seconds, cumulative requests), Locust's per-second history) adds the
+    request rate on a right-hand axis, which shows the load's phases against memory.
+    """
+    fig, ax = plt.subplots(figsize=(11, 6.5), dpi=100)
     try:
         t = [s.t_seconds for s in samples]
         ax.plot(t, [s.total_rss_bytes / MIB for s in samples], lw=2, label="total RSS (sum)")
@@ -64,14 +70,30 @@ def render_chart(
                 previous = s.recycles
         if previous:
             ax.plot([], [], color="purple", alpha=0.35, label=f"worker recycles ({previous})")
+        handles, labels = ax.get_legend_handles_labels()
+        if len(request_counts) > 1:
+            rate = ax.twinx()
+            pairs = list(itertools.pairwise(request_counts))
+            rate.step(
+                [t1 for (_, _), (t1, _) in pairs],
+                [(c1 - c0) / (t1 - t0) if t1 > t0 else 0.0 for (t0, c0), (t1, c1) in pairs],
+                color="grey",
+                alpha=0.45,
+                lw=0.8,
+                label="requests/s (right axis)",
+            )
+            rate.set_ylabel("requests/s")
+            rate.set_ylim(bottom=0)
+            more_handles, more_labels = rate.get_legend_handles_labels()
+            handles, labels = handles + more_handles, labels + more_labels
         status = "PASS" if verdict.passed else "FAIL"
         ax.set_title(f"Server memory under load: {status}")
         ax.set_xlabel("seconds since the guard started")
         ax.set_ylabel("MB (MiB)")
         ax.set_ylim(bottom=0)
         ax.grid(alpha=0.3)
-        ax.legend(loc="lower right", fontsize=8, framealpha=0.85)
-        fig.tight_layout()
+        fig.legend(handles, labels, loc="lower center", ncol=4, fontsize=8, frameon=False)
+        fig.tight_layout(rect=(0, 0.14, 1, 1))  # room for the legend under the axes
         fig.savefig(path)
     finally:
         plt.close(fig)

@@ -252,7 +252,9 @@ def _judge_and_report(
     if not args.no_chart:
         from loadtests.chart import render_chart  # matplotlib is slow to import: only when needed
 
-        render_chart(out_dir / "memory.png", samples, verdict, settings, plan=out.plan)
+        render_chart(
+            out_dir / "memory.png", samples, verdict, settings, plan=out.plan, request_counts=counts
+        )
     print(format_table(verdict))
     slope_failed = any(not c.passed and c.name.startswith("RSS slope") for c in verdict.criteria)
     fill = out.caches.fill

@@ -84,7 +84,8 @@ def test_chart_is_a_png_with_the_plan_limit(tmp_path: Path) -> None:
     settings = LoadSettings(duration_seconds=40)
     verdict = judge(facts, settings)
     path = render_chart(tmp_path / "memory.png", samples, verdict, settings,
-                        plan=Plan("starter", 50_000, 100_000, 512))  # fmt: skip
+                        plan=Plan("starter", 50_000, 100_000, 512),
+                        request_counts=[(float(t), 100 * t) for t in range(40)])  # fmt: skip
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
