@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import os
 import time
@@ -17,7 +19,14 @@ from app.api.deps import AppState
 from app.api.routes import admin, health, metrics, payload, users
 from app.core.config import MIB, Settings, get_settings, log_settings
 from app.core.logging import RequestIdMiddleware, configure_logging
-from app.core.metrics import LiveCollector, RequestMetrics, RequestMetricsMiddleware, Snapshot
+from app.core.metrics import (
+    LiveCollector,
+    RequestMetrics,
+    RequestMetricsMiddleware,
+    SharedSnapshots,
+    Snapshot,
+    shared_snapshot_dir,
+)
 from app.services.users import UserDataService
 from app.store import UserStore, ensure_seeded
 from app.version import VERSION
@@ -88,6 +97,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     state.users = UserDataService(store, cache, offload_reads=store_settings.offload_reads)
     cleanup.start()
     state.cleanup = cleanup
+    publisher = _start_publisher(state)
     logger.info(
         "worker ready: %d users in %s, cache %r max_size=%d, rss %.1f MiB",
         store_settings.seed_users,
@@ -100,12 +110,46 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         yield
     finally:
         state.users = None
+        if publisher is not None:
+            publisher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await publisher
+        if state.shared is not None:
+            state.shared.remove(os.getpid())
+            state.shared = None
         await cleanup.stop()
         state.cleanup = None
         manager.reset()
         store.close()
         state.store = None
         logger.info("worker stopped: cleanup, caches and store closed")
+
+
+def _start_publisher(state: AppState) -> asyncio.Task[None] | None:
+    """Under gunicorn, publish this worker's metrics for its siblings every interval."""
+    interval = state.settings.monitor.metrics_share_seconds
+    if interval is None or current_worker() is None:
+        return None
+    state.shared = SharedSnapshots(
+        shared_snapshot_dir(os.getppid()), max_age_seconds=3 * interval + 5
+    )
+    return asyncio.get_running_loop().create_task(_publish_forever(state, interval))
+
+
+async def _publish_forever(state: AppState, interval: float) -> None:
+    while True:
+        shared = state.shared
+        if shared is not None:
+            try:
+                shared.publish(_snapshot(state))
+            except OSError:
+                logger.exception("publishing metrics for sibling workers failed")
+        await asyncio.sleep(interval)
+
+
+def _others(state: AppState, own_pid: int) -> list[Snapshot]:
+    shared = state.shared
+    return shared.others(own_pid) if shared is not None else []
 
 
 def _snapshot(state: AppState) -> Snapshot:
@@ -152,7 +196,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.runtime = state
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(LiveCollector(lambda: _snapshot(state)))
+    registry.register(LiveCollector(lambda: _snapshot(state), lambda pid: _others(state, pid)))
     app.state.prometheus_registry = registry
 
     app.include_router(health.router)

@@ -59,6 +59,9 @@ accesslog = None
 errorlog = "-"
 loglevel = _settings.logging.level.lower()
 proc_name = "memsafe-app"
+# gunicorn 27's runtime control socket (gunicornc) is an admin interface and a master thread
+# nobody on Render uses; it also lives at one fixed path per user, so two servers clash.
+control_socket_disable = True
 
 if preload_app:
     # No gc pass while the master imports the app: objects then stay where a fork can share them.
@@ -78,6 +81,15 @@ def on_starting(server: Any) -> None:
     from app.store import ensure_seeded
 
     ensure_seeded(_settings.store.path, _settings.store.seed_users)
+
+
+def on_exit(server: Any) -> None:
+    """Remove the workers' shared metrics directory (each worker already removed its file)."""
+    import shutil
+
+    from app.core.metrics import shared_snapshot_dir
+
+    shutil.rmtree(shared_snapshot_dir(os.getpid()), ignore_errors=True)
 
 
 def when_ready(server: Any) -> None:

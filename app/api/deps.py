@@ -11,7 +11,7 @@ from fastapi import Depends, HTTPException, Request, status
 from app.core.config import Settings
 
 if TYPE_CHECKING:
-    from app.core.metrics import RequestMetrics
+    from app.core.metrics import RequestMetrics, SharedSnapshots
     from app.services.users import UserDataService
     from app.store import UserStore
 
@@ -28,6 +28,7 @@ class AppState:
     store: UserStore | None = None
     users: UserDataService | None = None
     cleanup: Any = None
+    shared: SharedSnapshots | None = None
 
 
 def _state(request: Request) -> AppState:

@@ -95,6 +95,7 @@ class MonitorSettings(_Section):
     alert_rss_mb: float | None = Field(default=None, gt=0, le=65_536)
     max_routes: int = Field(default=200, ge=1, le=100_000)
     max_alerts: int = Field(default=100, ge=1, le=100_000)
+    metrics_share_seconds: float | None = Field(default=5.0, gt=0, le=300)
 
 
 class PayloadSettings(_Section):

@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import bisect
+import contextlib
+import json
 import os
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from prometheus_client.core import (
@@ -115,17 +119,27 @@ class RequestMetricsMiddleware:
 
 
 class LiveCollector(Collector):
-    """Builds Prometheus families at scrape time from snapshot functions (no shared files).
+    """Builds Prometheus families at scrape time: this worker's live state, plus its siblings'.
 
-    `snapshot()` returns this worker's live state; every sample carries `pid`, so the series of
-    several gunicorn workers never collide and `sum by (route)` adds them up.
+    `snapshot()` returns this worker's live state; `others()` (optional) the latest published
+    snapshots of the other workers of the same master. Every sample carries `pid`, so the
+    series of several gunicorn workers never collide and `sum without (pid)` adds them up.
     """
 
-    def __init__(self, snapshot: Callable[[], Snapshot]) -> None:
+    def __init__(
+        self,
+        snapshot: Callable[[], Snapshot],
+        others: Callable[[int], list[Snapshot]] | None = None,
+    ) -> None:
         self._snapshot = snapshot
+        self._others = others
 
     def collect(self) -> Iterator[Metric]:
-        yield from families([self._snapshot()])
+        own = self._snapshot()
+        snapshots = [own]
+        if self._others is not None:
+            snapshots.extend(self._others(int(own["pid"])))
+        yield from families(snapshots)
 
 
 def families(snapshots: list[Snapshot]) -> Iterator[Metric]:
@@ -206,3 +220,84 @@ def _bound(value: float) -> str:
 def current_pid() -> int:
     """This process's pid (read per call: gunicorn workers are forks of the master)."""
     return os.getpid()
+
+
+class SharedSnapshots:
+    """Each gunicorn worker's metrics snapshot in one small file, so any worker can report all.
+
+    A scrape through Render's proxy reaches one worker at random; without sharing it would see
+    only that worker's counters. prometheus_client's multiprocess mode solves this with mmap
+    files per pid that are never deleted (they pile up in memory-backed tmpfs with every
+    recycled worker). Here each live worker owns exactly one JSON file, rewritten atomically
+    every interval and deleted when the worker stops; the reader deletes files of dead pids.
+    The directory therefore holds at most one file per live worker (a few KiB each).
+
+    Thread safety: each worker writes only its own file (os.replace is atomic); readers
+    tolerate files vanishing or half-written by skipping them.
+    """
+
+    def __init__(self, directory: Path, *, max_age_seconds: float) -> None:
+        self.directory = directory
+        self.max_age_seconds = max_age_seconds
+
+    def _path(self, pid: int) -> Path:
+        return self.directory / f"worker-{pid}.json"
+
+    def publish(self, snapshot: Snapshot) -> None:
+        """Write this worker's snapshot (atomic replace)."""
+        self.directory.mkdir(parents=True, exist_ok=True)
+        pid = int(snapshot["pid"])
+        tmp = self.directory / f".worker-{pid}.tmp"
+        tmp.write_text(json.dumps(snapshot, separators=(",", ":")), encoding="utf-8")
+        os.replace(tmp, self._path(pid))
+
+    def remove(self, pid: int) -> None:
+        """Delete the snapshot of `pid` (its worker is stopping)."""
+        with contextlib.suppress(FileNotFoundError):
+            self._path(pid).unlink()
+
+    def others(self, own_pid: int) -> list[Snapshot]:
+        """Fresh snapshots of the other live workers; stale or dead workers' files are removed."""
+        snapshots: list[Snapshot] = []
+        try:
+            paths = list(self.directory.glob("worker-*.json"))
+        except OSError:
+            return snapshots
+        now = time.time()
+        for path in paths:
+            try:
+                pid = int(path.stem.removeprefix("worker-"))
+            except ValueError:
+                continue
+            if pid == own_pid:
+                continue
+            try:
+                is_stale = now - path.stat().st_mtime > self.max_age_seconds
+                if is_stale or not _is_alive(pid):
+                    path.unlink()
+                    continue
+                snapshots.append(json.loads(path.read_text(encoding="utf-8")))
+            except (OSError, ValueError):
+                continue  # vanished or being replaced: the next scrape sees it
+        return snapshots
+
+    def cleanup_directory(self) -> None:
+        """Remove the directory when no snapshot is left in it."""
+        with contextlib.suppress(OSError):
+            self.directory.rmdir()
+
+
+def _is_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def shared_snapshot_dir(master_pid: int) -> Path:
+    """Where the workers of the gunicorn master `master_pid` share snapshots (tmpfs if any)."""
+    base = Path("/dev/shm") if Path("/dev/shm").is_dir() else Path(tempfile.gettempdir())
+    return base / f"app-metrics-{master_pid}"

@@ -3,11 +3,18 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from app.core.metrics import OTHER_ROUTE, UNMATCHED_ROUTE, RequestMetrics
+import app.main as main_module
+from app.core.config import Settings
+from app.core.metrics import OTHER_ROUTE, UNMATCHED_ROUTE, RequestMetrics, SharedSnapshots
+from app.main import create_app
 from tests.app.conftest import TestClient
 
 
@@ -83,3 +90,65 @@ def test_route_labels_are_bounded() -> None:
 def test_max_routes_must_be_positive() -> None:
     with pytest.raises(ValueError, match="max_routes"):
         RequestMetrics(max_routes=0)
+
+
+def _snap(pid: int, count: int = 1) -> dict[str, object]:
+    return {"pid": pid, "requests": [["GET", "/x", "200", count]], "latency": [], "rss_bytes": 1}
+
+
+def test_shared_snapshots_report_other_live_workers(tmp_path: Path) -> None:
+    shared = SharedSnapshots(tmp_path / "m", max_age_seconds=60)
+    shared.publish(_snap(os.getpid()))
+    shared.publish(_snap(os.getppid(), 5))  # a live process standing in for a sibling
+    others = shared.others(os.getpid())
+    assert [snap["pid"] for snap in others] == [os.getppid()]
+
+
+def test_shared_snapshots_of_dead_or_stale_workers_are_removed(tmp_path: Path) -> None:
+    shared = SharedSnapshots(tmp_path, max_age_seconds=60)
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    shared.publish(_snap(dead.pid))
+    shared.publish(_snap(os.getppid()))
+    stale = tmp_path / f"worker-{os.getppid()}.json"
+    old = time.time() - 120
+    os.utime(stale, (old, old))
+    assert shared.others(os.getpid()) == []
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_shared_snapshots_skip_garbage(tmp_path: Path) -> None:
+    shared = SharedSnapshots(tmp_path, max_age_seconds=60)
+    (tmp_path / "worker-abc.json").write_text("{}")
+    (tmp_path / f"worker-{os.getppid()}.json").write_text("{half")
+    assert shared.others(os.getpid()) == []
+    assert SharedSnapshots(tmp_path / "missing", max_age_seconds=1).others(1) == []
+
+
+def test_shared_snapshot_remove_and_directory_cleanup(tmp_path: Path) -> None:
+    shared = SharedSnapshots(tmp_path / "m", max_age_seconds=60)
+    shared.publish(_snap(123))
+    shared.remove(123)
+    shared.remove(123)
+    shared.cleanup_directory()
+    assert not (tmp_path / "m").exists()
+
+
+def test_workers_under_gunicorn_publish_and_report_siblings(
+    settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(main_module, "current_worker", lambda: object())
+    monkeypatch.setattr(main_module, "shared_snapshot_dir", lambda master_pid: tmp_path / "m")
+    sibling = SharedSnapshots(tmp_path / "m", max_age_seconds=60)
+    sibling.publish(_snap(os.getppid(), 7))
+    with TestClient(create_app(settings)) as c:
+        c.get("/users/1")
+        deadline = time.monotonic() + 5
+        own_file = tmp_path / "m" / f"worker-{os.getpid()}.json"
+        while not own_file.exists() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert own_file.exists()
+        text = c.get("/metrics").text
+        assert f'pid="{os.getppid()}"' in text
+        assert f'pid="{os.getpid()}"' in text
+    assert not own_file.exists()  # removed at shutdown
