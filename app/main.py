@@ -18,6 +18,7 @@ from starlette.concurrency import run_in_threadpool
 from app.api.deps import AppState
 from app.api.routes import admin, health, metrics, payload, users
 from app.core.config import MIB, Settings, get_settings, log_settings
+from app.core.draining import DrainMiddleware, worker_drain
 from app.core.logging import RequestIdMiddleware, configure_logging
 from app.core.metrics import (
     LiveCollector,
@@ -34,7 +35,7 @@ from memsafe.cleanup import CleanupConfig, MemoryCleanupService
 from memsafe.manager import CacheManager
 from memsafe.middleware import MemoryMonitor, MemoryMonitorMiddleware
 from memsafe.probes import process_rss_bytes
-from memsafe.recycle import check_worker_rss, current_worker, request_worker_exit
+from memsafe.recycle import current_worker
 
 logger = logging.getLogger(__name__)
 
@@ -69,7 +70,7 @@ def recycle_worker(reason: str) -> None:
     if current_worker() is None:
         logger.warning("recycle requested (%s) but no gunicorn master here; staying up", reason)
         return
-    request_worker_exit(reason)
+    worker_drain.request_exit(reason)
 
 
 @asynccontextmanager
@@ -97,6 +98,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     state.users = UserDataService(store, cache, offload_reads=store_settings.offload_reads)
     cleanup.start()
     state.cleanup = cleanup
+    worker_drain.bind_loop(asyncio.get_running_loop())
     publisher = _start_publisher(state)
     logger.info(
         "worker ready: %d users in %s, cache %r max_size=%d, rss %.1f MiB",
@@ -110,6 +112,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         yield
     finally:
         state.users = None
+        worker_drain.reset()
         if publisher is not None:
             publisher.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -212,13 +215,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     if monitor_settings.enabled:
         app.add_middleware(MemoryMonitorMiddleware, monitor=monitor)
     # The RSS recycle check runs before the headers go out (not after the body, as the
-    # monitor's on_response_rss would): a keep-alive response sent just before the worker
-    # closes its connections makes the client's next request fail; announced, it does not.
-    app.add_middleware(
-        RequestMetricsMiddleware,
-        metrics=state.request_metrics,
-        on_response_start=check_worker_rss,
-    )
+    # monitor's on_response_rss would), and a recycling worker drains with announced
+    # `Connection: close` first: see app/core/draining.py.
+    app.add_middleware(DrainMiddleware)
+    app.add_middleware(RequestMetricsMiddleware, metrics=state.request_metrics)
     app.add_middleware(RequestIdMiddleware, access_log=settings.logging.access_log)
     return app
 

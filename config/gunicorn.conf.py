@@ -14,6 +14,7 @@ if str(_ROOT) not in sys.path:
     sys.path.insert(0, str(_ROOT))
 
 from app.core.config import SettingsError, load_settings  # noqa: E402  (needs sys.path above)
+from app.core.logging import HANDLER_NAME, LOG_FORMAT  # noqa: E402
 
 WORKER_CLASSES = {"asgi": "asgi", "uvicorn": "uvicorn_worker.UvicornWorker"}
 DEFAULT_PORT = 8000
@@ -58,6 +59,29 @@ worker_tmp_dir = "/dev/shm" if os.path.isdir("/dev/shm") else None
 accesslog = None
 errorlog = "-"
 loglevel = _settings.logging.level.lower()
+# gunicorn's own lines in the app's one-line format, on stdout like everything else. The
+# handler's name matches app.core.logging's, so create_app does not add a second one.
+# Ref: https://docs.gunicorn.org/en/stable/settings.html#logconfig-dict
+logconfig_dict = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "filters": {"request_id": {"()": "app.core.logging.RequestIdFilter"}},
+    "formatters": {"app": {"format": LOG_FORMAT}},
+    "handlers": {
+        HANDLER_NAME: {
+            "class": "logging.StreamHandler",
+            "stream": "ext://sys.stdout",
+            "formatter": "app",
+            "filters": ["request_id"],
+        }
+    },
+    "root": {"level": _settings.logging.level, "handlers": [HANDLER_NAME]},
+    "loggers": {
+        "gunicorn.error": {"level": _settings.logging.level, "handlers": [], "propagate": True},
+        # the app logs requests itself, with the request id (logging.access_log)
+        "gunicorn.access": {"level": "WARNING", "handlers": [], "propagate": False},
+    },
+}
 proc_name = "memsafe-app"
 # gunicorn 27's runtime control socket (gunicornc) is an admin interface and a master thread
 # nobody on Render uses; it also lives at one fixed path per user, so two servers clash.
@@ -69,10 +93,14 @@ if preload_app:
 
 _recycler: Any = None
 if _server.max_worker_rss_mb is not None:
+    from app.core.draining import worker_drain
     from memsafe.recycle import RSSRecycler
 
+    # exit_request: drain keep-alive connections (Connection: close) before the worker stops.
     _recycler = RSSRecycler(
-        _server.max_worker_rss_mb, check_interval_seconds=_server.rss_check_interval_seconds
+        _server.max_worker_rss_mb,
+        check_interval_seconds=_server.rss_check_interval_seconds,
+        exit_request=worker_drain.request_exit,
     )
 
 
@@ -130,5 +158,6 @@ def worker_exit(server: Any, worker: Any) -> None:
 
 
 # No post_request hook on purpose: with one, gunicorn's asgi worker waits for each app call
-# before reading the next keep-alive request. RSS is checked after every response by the
-# memory monitor middleware (memsafe.recycle.check_worker_rss) and by the watchdog thread.
+# before reading the next keep-alive request. RSS is checked before every response's headers
+# by app.core.draining.DrainMiddleware (memsafe.recycle.check_worker_rss) and by the
+# recycler's watchdog thread.

@@ -20,7 +20,7 @@ MAX_REQUEST_ID_CHARS = 128
 request_id_var: ContextVar[str] = ContextVar("request_id", default="-")
 access_logger = logging.getLogger("app.access")
 
-_HANDLER_NAME = "app-stdout"
+HANDLER_NAME = "app-stdout"
 
 
 class RequestIdFilter(logging.Filter):
@@ -36,10 +36,10 @@ def configure_logging(level: str) -> None:
     root = logging.getLogger()
     root.setLevel(level)
     for handler in root.handlers:
-        if handler.get_name() == _HANDLER_NAME:
+        if handler.get_name() == HANDLER_NAME:
             return
     handler = logging.StreamHandler(sys.stdout)
-    handler.set_name(_HANDLER_NAME)
+    handler.set_name(HANDLER_NAME)
     handler.setFormatter(logging.Formatter(LOG_FORMAT))
     handler.addFilter(RequestIdFilter())
     root.addHandler(handler)

@@ -77,22 +77,11 @@ class RequestMetrics:
 
 
 class RequestMetricsMiddleware:
-    """Pure ASGI: times each HTTP request and records it under its route template.
+    """Pure ASGI: times each HTTP request and records it under its route template."""
 
-    `on_response_start` (optional) runs just before each response's headers go out; the app
-    uses it for the RSS recycle check, so a worker that decides to exit does so before the
-    headers are written and the server can still announce `Connection: close` on them.
-    """
-
-    def __init__(
-        self,
-        app: ASGIApp,
-        metrics: RequestMetrics,
-        on_response_start: Callable[[], object] | None = None,
-    ) -> None:
+    def __init__(self, app: ASGIApp, metrics: RequestMetrics) -> None:
         self.app = app
         self.metrics = metrics
-        self.on_response_start = on_response_start
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -105,11 +94,8 @@ class RequestMetricsMiddleware:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]
-                if on_response_start is not None:
-                    on_response_start()
             await send(message)
 
-        on_response_start = self.on_response_start
         try:
             await self.app(scope, receive, send_status)
         finally:

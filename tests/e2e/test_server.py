@@ -65,11 +65,9 @@ def test_worker_recycled_on_rss_under_traffic_without_failed_requests(
     server = start_server(
         {
             "APP_SERVER__MAX_WORKER_RSS_MB": str(cap_mb),
-            # The per-response check (before the headers) must be what trips, as it would
-            # under steady traffic: the watchdog thread, a backstop for idle workers, can
-            # flip worker.alive just after a keep-alive response, which closes that
-            # connection unannounced (gunicorn's asgi worker; clients retry such GETs).
-            "APP_SERVER__RSS_CHECK_INTERVAL_SECONDS": "30",
+            # Either the check before each response's headers or the watchdog thread trips;
+            # both go through app.core.draining (Connection: close first, then exit).
+            "APP_SERVER__RSS_CHECK_INTERVAL_SECONDS": "0.5",
             "APP_MONITOR__ALERT_RSS_MB": str(cap_mb + 100),
         }
     )
