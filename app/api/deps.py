@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hmac
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated
 
 from fastapi import Depends, HTTPException, Request, status
 
@@ -14,6 +14,9 @@ if TYPE_CHECKING:
     from app.core.metrics import RequestMetrics, SharedSnapshots
     from app.services.users import UserDataService
     from app.store import UserStore
+    from memsafe.cleanup import MemoryCleanupService
+    from memsafe.manager import CacheManager
+    from memsafe.middleware import MemoryMonitor
 
 
 @dataclass
@@ -23,11 +26,11 @@ class AppState:
     settings: Settings
     started_at: float
     request_metrics: RequestMetrics
-    monitor: Any
-    manager: Any = None
+    monitor: MemoryMonitor | None
+    manager: CacheManager | None = None
     store: UserStore | None = None
     users: UserDataService | None = None
-    cleanup: Any = None
+    cleanup: MemoryCleanupService | None = None
     shared: SharedSnapshots | None = None
 
 
@@ -53,7 +56,16 @@ async def get_user_service(request: Request) -> UserDataService:
     return service
 
 
+async def get_manager(request: Request) -> CacheManager:
+    """The worker's CacheManager; 503 before the lifespan has built it."""
+    manager = _state(request).manager
+    if manager is None:
+        raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, "caches are not built")
+    return manager
+
+
 StateDep = Annotated[AppState, Depends(get_state)]
+ManagerDep = Annotated["CacheManager", Depends(get_manager)]
 UsersDep = Annotated["UserDataService", Depends(get_user_service)]
 
 

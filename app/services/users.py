@@ -9,6 +9,7 @@ from starlette.concurrency import run_in_threadpool
 
 if TYPE_CHECKING:
     from app.store import User, UserStore
+    from memsafe.cache import LRUCache
 
 logger = logging.getLogger(__name__)
 
@@ -22,7 +23,9 @@ class UserDataService:
     Thread safety: the cache has its own lock; the store has one connection per thread.
     """
 
-    def __init__(self, store: UserStore, cache: Any, *, offload_reads: bool = False) -> None:
+    def __init__(
+        self, store: UserStore, cache: LRUCache[Any, Any], *, offload_reads: bool = False
+    ) -> None:
         self.store = store
         self.cache = cache
         self.offload_reads = offload_reads

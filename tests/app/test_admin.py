@@ -6,7 +6,8 @@ import hmac
 
 import pytest
 
-from app.core.config import load_settings
+from app.core.config import Settings, load_settings
+from app.main import create_app
 from tests.app.conftest import ClientFactory, ProfileWriter, TestClient
 
 ROUTES = [
@@ -115,3 +116,9 @@ def test_memory_report(client: TestClient, admin_headers: dict[str, str]) -> Non
     assert body["monitor"] is not None
     assert body["store_connections"] >= 1
     assert "frozen_objects" in body["gc"]
+
+
+def test_admin_before_startup_is_503(settings: Settings, admin_headers: dict[str, str]) -> None:
+    c = TestClient(create_app(settings))  # not entered: the lifespan has not run
+    assert c.get("/admin/caches", headers=admin_headers).status_code == 503
+    assert c.post("/admin/cleanup", headers=admin_headers).status_code == 503

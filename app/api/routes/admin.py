@@ -12,7 +12,7 @@ import psutil
 from fastapi import APIRouter, Depends, HTTPException, Query, status
 from starlette.concurrency import run_in_threadpool
 
-from app.api.deps import StateDep, require_admin
+from app.api.deps import AppState, ManagerDep, StateDep, require_admin
 from memsafe.probes import container_memory, process_rss_bytes
 
 router = APIRouter(prefix="/admin", tags=["admin"], dependencies=[Depends(require_admin)])
@@ -25,22 +25,22 @@ def _as_dict(value: Any) -> Any:
 
 
 @router.get("/caches")
-async def cache_stats(state: StateDep) -> dict[str, Any]:
+async def cache_stats(manager: ManagerDep) -> dict[str, Any]:
     """Stats of every cache and the totals against the shared byte budget."""
-    return dict(state.manager.get_cache_stats())
+    return dict(manager.get_cache_stats())
 
 
 @router.post("/caches/clear")
 async def clear_caches(
-    state: StateDep,
+    manager: ManagerDep,
     name: Annotated[str | None, Query(description="Clear only this cache")] = None,
 ) -> dict[str, Any]:
     """Drop every entry of every cache (or of the cache `name`)."""
     if name is None:
-        return {"cleared": state.manager.clear_all()}
-    cache = state.manager.get_cache(name)
+        return {"cleared": manager.clear_all()}
+    cache = manager.get_cache(name)
     if cache is None:
-        names = ", ".join(state.manager.names())
+        names = ", ".join(manager.names())
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"no cache named {name!r}; allowed: {names}")
     return {"cleared": cache.clear(), "cache": name}
 
@@ -60,7 +60,7 @@ async def run_cleanup(
     return {"event": _as_dict(event), "level": state.cleanup.level}
 
 
-def _memory_report(state: Any) -> dict[str, Any]:
+def _memory_report(state: AppState) -> dict[str, Any]:
     process = psutil.Process()
     full = process.memory_full_info()
     return {
