@@ -66,7 +66,7 @@ logconfig_dict = {
     "version": 1,
     "disable_existing_loggers": False,
     "filters": {"request_id": {"()": "app.core.logging.RequestIdFilter"}},
-    "formatters": {"app": {"format": LOG_FORMAT}},
+    "formatters": {"app": {"()": "app.core.logging.OneLineFormatter", "format": LOG_FORMAT}},
     "handlers": {
         HANDLER_NAME: {
             "class": "logging.StreamHandler",

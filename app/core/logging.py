@@ -31,6 +31,17 @@ class RequestIdFilter(logging.Filter):
         return True
 
 
+class OneLineFormatter(logging.Formatter):
+    """One event, one line: newlines in messages and tracebacks are escaped as `\\n`.
+
+    Log collectors (Render's included) split on newlines; a multi-line traceback would arrive
+    as many unrelated events without the request id.
+    """
+
+    def format(self, record: logging.LogRecord) -> str:
+        return super().format(record).replace("\n", "\\n")
+
+
 def configure_logging(level: str) -> None:
     """Send every log record to stdout, one line each; idempotent across app factories."""
     root = logging.getLogger()
@@ -40,7 +51,7 @@ def configure_logging(level: str) -> None:
             return
     handler = logging.StreamHandler(sys.stdout)
     handler.set_name(HANDLER_NAME)
-    handler.setFormatter(logging.Formatter(LOG_FORMAT))
+    handler.setFormatter(OneLineFormatter(LOG_FORMAT))
     handler.addFilter(RequestIdFilter())
     root.addHandler(handler)
 

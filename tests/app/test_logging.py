@@ -9,6 +9,7 @@ import pytest
 from starlette.types import Message, Receive, Scope, Send
 
 from app.core.logging import (
+    OneLineFormatter,
     RequestIdFilter,
     RequestIdMiddleware,
     configure_logging,
@@ -91,3 +92,18 @@ async def _never_receive() -> Message:
 
 async def _never_send(message: Message) -> None:
     raise AssertionError("send called")
+
+
+def test_tracebacks_stay_on_one_line() -> None:
+    formatter = OneLineFormatter("%(message)s")
+    try:
+        raise ValueError("boom")
+    except ValueError:
+        record = logging.LogRecord("x", logging.ERROR, __file__, 1, "failed\nhere", None, None)
+        import sys
+
+        record.exc_info = sys.exc_info()
+    line = formatter.format(record)
+    assert "\n" not in line
+    assert "failed\\nhere" in line
+    assert "ValueError: boom" in line
