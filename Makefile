@@ -11,7 +11,7 @@ PORT ?= 8000
 IMAGE ?= render-memsafe-template
 
 .PHONY: help install run dev test test-fast lint fmt typecheck check bench bench-http \
-        loadtest emulate docker-build docker-run lock clean
+        bench-middleware loadtest emulate docker-build docker-run lock clean
 
 help: ## Show this help
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | \
@@ -54,11 +54,31 @@ check: lint typecheck test ## Lint, typecheck and test (what CI runs)
 bench: $(STAMP) ## memsafe.LRUCache against cachetools, an OrderedDict LRU and functools.lru_cache
 	$(BIN)/python -m benchmarks.bench_cache
 
+# The load test defaults to the starter profile unless PROFILE is given explicitly.
+LT_PROFILE = $(if $(filter command line environment,$(origin PROFILE)),$(PROFILE),starter)
+LT_ARGS = $(if $(DURATION),--duration $(DURATION)) $(if $(USERS),--users $(USERS)) \
+  $(if $(SPAWN_RATE),--spawn-rate $(SPAWN_RATE)) $(if $(PLAN),--plan $(PLAN)) \
+  $(if $(MAX_RSS_MB),--max-rss-mb $(MAX_RSS_MB)) \
+  $(if $(MAX_SLOPE_MB_PER_MIN),--max-slope-mb-per-min $(MAX_SLOPE_MB_PER_MIN)) \
+  $(if $(MAX_P95_MS),--max-p95-ms $(MAX_P95_MS)) $(if $(SMOKE),--smoke)
+
+loadtest: $(STAMP) ## Load-test the real server on 127.0.0.1, judge its memory (PROFILE=starter DURATION=2m USERS= PLAN= MAX_RSS_MB= SMOKE=1)
+	$(BIN)/python -m loadtests.run --profile $(LT_PROFILE) $(LT_ARGS)
+
+emulate: $(STAMP) ## Serve the app inside a cgroup shaped like a Render plan (PLAN=starter; Linux, root)
+	$(BIN)/python -m loadtests.emulate --plan $(or $(PLAN),starter) --profile $(LT_PROFILE) --port $(PORT)
+
 docker-build: ## Build the image (needs a Docker engine)
 	docker build -t $(IMAGE) .
 
 docker-run: ## Run the image on http://127.0.0.1:8000 with the starter profile (needs Docker)
 	docker run --rm -p 8000:10000 --memory 512m --cpus 0.5 -e ADMIN_TOKEN=$${ADMIN_TOKEN:-change-me} $(IMAGE)
+
+bench-http: $(STAMP) ## req/s and p50/p99 of /users/{id} cache hits against a bare endpoint; idle RSS/USS
+	$(BIN)/python -m benchmarks.bench_http
+
+bench-middleware: $(STAMP) ## Per-request cost of MemoryMonitorMiddleware against BaseHTTPMiddleware
+	$(BIN)/python -m benchmarks.bench_middleware
 
 lock: ## Re-pin requirements/*.lock from pyproject.toml (needs uv: pip install uv)
 	uv pip compile pyproject.toml --python-version 3.11 --generate-hashes -o requirements/base.lock

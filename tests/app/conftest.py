@@ -2,22 +2,17 @@
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
+from fastapi.testclient import TestClient as TestClient
 
 from app.core.config import Settings, load_settings
 from app.main import create_app
 from memsafe import recycle
-
-with warnings.catch_warnings():
-    # starlette 1.10 deprecates httpx in favour of httpx2, which the lock does not pin yet.
-    warnings.filterwarnings("ignore", message="Using `httpx` with `starlette.testclient`")
-    from fastapi.testclient import TestClient as TestClient
 
 ROOT = Path(__file__).resolve().parents[2]
 ADMIN_TOKEN = "test-admin-token"

@@ -4,18 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import warnings
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 from fastapi import FastAPI, WebSocket
-
-with warnings.catch_warnings():
-    # starlette 1.10 warns once, at import, that the locked httpx should become httpx2;
-    # pytest turns warnings into errors. The lead owns that pin: see the report.
-    warnings.simplefilter("ignore", UserWarning)
-    from fastapi.testclient import TestClient
+from fastapi.testclient import TestClient
 
 from memsafe import middleware
 from memsafe._routes import UNMATCHED_ROUTE
