@@ -6,7 +6,6 @@ import random
 import statistics
 import threading
 from collections.abc import Callable
-from types import TracebackType
 from typing import Any
 
 import pytest
@@ -14,31 +13,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from memsafe.bounded import BoundedDict, BoundedList, MetricsCollector, MetricSummary, Policy
-
-
-class CountingLock:
-    """A fake lock that counts acquisitions and tracks how deep it is held."""
-
-    def __init__(self) -> None:
-        self.enters = 0
-        self.depth = 0
-
-    def __enter__(self) -> CountingLock:
-        self.enters += 1
-        self.depth += 1
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-        /,
-    ) -> None:
-        self.depth -= 1
-
-
-# ---------------------------------------------------------------- BoundedList
+from tests.memsafe.fakes import CountingLock
 
 
 def test_list_append_drops_oldest_when_full() -> None:

@@ -5,13 +5,13 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from types import TracebackType
 from typing import Any
 
 import pytest
 
 from memsafe.bounded import BoundedDict, BoundedList, MetricsCollector
 from memsafe.cache import LRUCache
+from tests.memsafe.fakes import CountingLock
 
 
 @dataclass(frozen=True)
@@ -65,28 +65,6 @@ CASES: dict[str, ContainerCase] = {
     ),
 }
 KEYED_CASES = sorted(name for name, case in CASES.items() if case.is_keyed)
-
-
-class CountingLock:
-    """Re-entrant fake lock that counts acquisitions and remembers if it was left held."""
-
-    def __init__(self) -> None:
-        self.enters = 0
-        self.depth = 0
-
-    def __enter__(self) -> CountingLock:
-        self.enters += 1
-        self.depth += 1
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-        /,
-    ) -> None:
-        self.depth -= 1
 
 
 @pytest.fixture(params=sorted(CASES), ids=str)

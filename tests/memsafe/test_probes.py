@@ -161,9 +161,11 @@ def test_forked_child_reads_its_own_memory() -> None:
         ours, theirs, _ = json.loads(pipe.read())
     _, status = os.waitpid(pid, 0)
     assert os.waitstatus_to_exitcode(status) == 0
-    assert abs(ours - theirs) <= 64 * PAGE
-    assert ours - parent_rss >= 64 * MIB
-    assert abs(process_rss_bytes() - parent_rss) < 64 * MIB  # the parent did not grow
+    figures = {"child_statm": ours, "child_psutil": theirs, "parent_before_fork": parent_rss}
+    assert abs(ours - theirs) <= 64 * PAGE, figures
+    assert ours - parent_rss >= 64 * MIB, figures
+    parent_now = process_rss_bytes()
+    assert abs(parent_now - parent_rss) < 64 * MIB, {**figures, "parent_now": parent_now}
 
 
 # --- container_memory: fixture trees --------------------------------------------------------

@@ -6,13 +6,13 @@ import os
 import signal
 import threading
 import time
-from types import TracebackType
 
 import psutil
 import pytest
 
 from memsafe import singleton
 from memsafe.singleton import AgentSingleton, SingletonMeta, singleton_stats
+from tests.memsafe.fakes import CountingLock
 
 ALLOCATION_BYTES = 8 * 1024 * 1024
 
@@ -28,27 +28,6 @@ class Counted(AgentSingleton):
 @pytest.fixture(autouse=True)
 def _zero_counts() -> None:
     Counted.setups = 0
-
-
-class CountingRLock:
-    """Wraps a real RLock and counts acquisitions."""
-
-    def __init__(self) -> None:
-        self.inner = threading.RLock()
-        self.enters = 0
-
-    def __enter__(self) -> bool:
-        self.enters += 1
-        return self.inner.__enter__()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-        /,
-    ) -> None:
-        self.inner.__exit__(exc_type, exc, tb)
 
 
 def test_setup_runs_once_and_every_call_returns_the_same_instance() -> None:
@@ -96,7 +75,7 @@ def test_subclass_gets_its_own_instance() -> None:
 def test_built_instance_is_returned_without_taking_the_lock(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    lock = CountingRLock()
+    lock = CountingLock()
     monkeypatch.setattr(SingletonMeta, "_lock", lock)
     Counted()
     assert lock.enters == 1
