@@ -86,6 +86,10 @@ class TreeSampler:
         self.fatal_reason: str | None = None
         self.sample_seconds_max = 0.0
 
+    def elapsed_seconds(self) -> float:
+        """Seconds since the sampler was created: the clock of every sample's t_seconds."""
+        return self._clock() - self._start
+
     # -- one tick -----------------------------------------------------------------------------
     def sample(self) -> MemorySample | None:
         """Take one sample; on a server death or OOM kill set fatal_reason and return None."""

@@ -25,6 +25,7 @@ from pathlib import Path
 from loadtests.emulate import Emulation, emulate
 from loadtests.guard import RunFacts, TreeSampler, format_table, judge, requests_at
 from loadtests.locust_io import read_locust_results, start_locust, wait_locust
+from loadtests.prefill import PrefillResult, run_prefill, store_user_ids
 from loadtests.report import build_summary, relative_history, write_memory_csv
 from loadtests.server import (
     REPO_ROOT,
@@ -77,6 +78,7 @@ def build_parser() -> argparse.ArgumentParser:
     add("--reports-dir", type=Path, default=Path("reports"), help="parent of the run's directory")
     add("--server-env", action="append", default=[], metavar="KEY=VALUE", help="server env extra")
     add("--no-chart", action="store_true", help="skip memory.png")
+    add("--no-prefill", action="store_true", help="skip filling the caches before the load")
     for name in CLI_THRESHOLDS:
         kind = int if name == "users" else float
         add(f"--{name.replace('_', '-')}", type=kind, default=None, dest=name)
@@ -94,6 +96,8 @@ class Outcome:
     server_exit: int | None = None
     emulation: str = ""
     plan: Plan | None = None
+    prefill: PrefillResult | None = None
+    load_start_seconds: float | None = None  # Locust's start on the sampler's clock
 
 
 def _raise_on_sigterm() -> None:
@@ -140,7 +144,12 @@ def _load(
             on_fatal=lambda _reason: fatal.set(),
         )
         sampler.sample()
-        sampler.start()
+        sampler.start()  # before the prefill: its memory counts towards the peak-RSS check
+        if settings.prefill:
+            out.prefill = _prefill(settings, sampler, fatal, args=args, port=port)
+        if fatal.is_set():
+            return  # the server died during the prefill: no load, the verdict says why
+        out.load_start_seconds = sampler.elapsed_seconds()
         locust = start_locust(settings, port=port, out_dir=out_dir, payload_kib=payload_kib)
         try:
             timeout = settings.duration_seconds + LOCUST_GRACE_SECONDS
@@ -165,12 +174,43 @@ def _load(
         out.server_exit = stop_process(server.process)
 
 
+def _prefill(
+    settings: LoadSettings,
+    sampler: TreeSampler,
+    fatal: threading.Event,
+    *,
+    args: argparse.Namespace,
+    port: int,
+) -> PrefillResult:
+    """Fill every worker's users cache before Locust starts, outside the measured duration."""
+    user_ids = store_user_ids(server_env(args.profile, port, args.server_env), args.profile)
+
+    def worker_pids() -> set[int]:
+        samples = sampler.samples
+        return set(samples[-1].worker_rss_bytes) if samples else set()
+
+    result = run_prefill(
+        port, user_ids=user_ids, worker_pids=worker_pids,
+        max_passes=settings.prefill_max_passes, max_seconds=settings.prefill_max_seconds,
+        is_fatal=fatal.is_set,
+    )  # fmt: skip
+    print(
+        f"loadtest: prefill {result.requests} requests over {user_ids} ids in "
+        f"{result.seconds:.1f} s ({result.passes:.2f} passes, stop: {result.stop_reason}); "
+        f"users cache fill {result.fill_text()}",
+        flush=True,
+    )
+    return result
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run one load test and return the process exit code (0 = memory bounded, all passed)."""
     args = build_parser().parse_args(argv)
     os.chdir(REPO_ROOT)
     config = read_config(args.config)
     cli: dict[str, object] = {name: getattr(args, name) for name in CLI_THRESHOLDS}
+    if args.no_prefill:
+        cli["prefill"] = False
     if args.duration is not None:
         cli["duration_seconds"] = parse_duration(str(args.duration))
     settings = resolve_settings(
@@ -209,10 +249,16 @@ def _judge_and_report(
     results = read_locust_results(out_dir / "locust")
     counts = relative_history(results.history, samples)
     fatal_reason = sampler.fatal_reason if sampler else "the guard never started"
+    # The slope window starts from Locust's start, which follows the prefill: the prefill's
+    # samples count towards the peak but never towards the slope or the growth per request.
+    # Locust's history stamps are whole seconds (floored), so its first one can fall before
+    # the moment Locust was started: the later of the two is the load's start.
+    started_at = out.load_start_seconds or 0.0
+    load_start = max(counts[0][0], started_at) if counts else started_at
     facts = RunFacts(
         samples=samples,
         duration_seconds=settings.duration_seconds,
-        load_start_seconds=counts[0][0] if counts else 0.0,
+        load_start_seconds=load_start,
         requests=results.requests,
         failures=results.failures,
         p50_ms=results.p50_ms,
@@ -232,6 +278,9 @@ def _judge_and_report(
     verdict = judge(facts, settings)
     verdict.info["cache_fill"] = out.caches.fill
     verdict.info["server_exit_code"] = out.server_exit
+    if out.prefill is not None:
+        verdict.info["prefill_requests"] = out.prefill.requests
+        verdict.info["prefill_seconds"] = round(out.prefill.seconds, 1)
     write_memory_csv(
         out_dir / "memory.csv", samples, [requests_at(counts, s.t_seconds) for s in samples]
     )
@@ -243,6 +292,8 @@ def _judge_and_report(
             "elapsed_seconds": round(elapsed, 1),
             "cache_workers_reached": out.caches.workers,
             "cache_fill": out.caches.fill,
+            "prefill": out.prefill.as_summary() if out.prefill else None,
+            "load_start_seconds": load_start,
             "limit_hits": sampler.limit_hits if sampler else 0,
             "sampler_max_seconds": sampler.sample_seconds_max if sampler else None,
             "reports_dir": str(out_dir),
@@ -261,7 +312,8 @@ def _judge_and_report(
     if slope_failed and fill is not None and fill < 0.95:
         print(
             f"hint: the caches were {fill:.0%} full at the end, so part of the slope is "
-            "caches filling up to their bound; a longer run (DURATION=10m) judges steady state."
+            "caches filling up to their bound; a longer run (DURATION=10m) judges steady state"
+            + ("." if out.prefill else ", and so does a run with the prefill (no --no-prefill).")
         )
     print(f"loadtest: reports in {out_dir} ({elapsed:.0f} s)", flush=True)
     if out.interrupted is not None:

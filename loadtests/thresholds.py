@@ -12,6 +12,9 @@ from typing import Any
 import yaml
 
 DEFAULT_THRESHOLDS_PATH = Path("config/loadtest.yaml")
+_TRUE = frozenset({"1", "true", "yes", "on"})
+_FALSE = frozenset({"0", "false", "no", "off"})
+_INT_FIELDS = frozenset({"users", "prefill_max_passes"})
 _DURATION_RE = re.compile(r"^\s*(?:(\d+)h)?\s*(?:(\d+)m)?\s*(?:(\d+)s?)?\s*$")
 
 
@@ -30,6 +33,9 @@ class LoadSettings:
     max_p95_ms: float = 1000.0
     max_health_ms: float = 1000.0
     health_interval_seconds: float = 5.0
+    prefill: bool = True
+    prefill_max_passes: int = 3
+    prefill_max_seconds: float = 90.0
 
     def __post_init__(self) -> None:
         _check_range("users", self.users, 1, 10_000)
@@ -43,6 +49,8 @@ class LoadSettings:
         _check_range("max_p95_ms", self.max_p95_ms, 1, 3_600_000)
         _check_range("max_health_ms", self.max_health_ms, 1, 3_600_000)
         _check_range("health_interval_seconds", self.health_interval_seconds, 0.1, 3600)
+        _check_range("prefill_max_passes", self.prefill_max_passes, 1, 100)
+        _check_range("prefill_max_seconds", self.prefill_max_seconds, 1, 3600)
 
 
 @dataclass(frozen=True)
@@ -90,7 +98,13 @@ def parse_duration(text: str) -> float:
     return float(hours * 3600 + minutes * 60 + seconds)
 
 
-def _coerce(field: str, value: object, source: str) -> float | int:
+def _coerce(field: str, value: object, source: str) -> float | int | bool:
+    if field == "prefill":
+        text = str(value).strip().lower()
+        if isinstance(value, bool) or text in _TRUE | _FALSE:
+            return value if isinstance(value, bool) else text in _TRUE
+        msg = f"{source}: prefill must be true or false, got {value!r}"
+        raise ValueError(msg)
     if field == "duration_seconds" and isinstance(value, str):
         return parse_duration(value)
     try:
@@ -98,15 +112,17 @@ def _coerce(field: str, value: object, source: str) -> float | int:
     except (TypeError, ValueError):
         msg = f"{source}: {field} must be a number, got {value!r}"
         raise ValueError(msg) from None
-    if field == "users":
+    if field in _INT_FIELDS:
         if number != int(number):
-            msg = f"{source}: users must be a whole number, got {value!r}"
+            msg = f"{source}: {field} must be a whole number, got {value!r}"
             raise ValueError(msg)
         return int(number)
     return number
 
 
-def _layer(target: dict[str, float | int], layer: Mapping[str, Any] | None, source: str) -> None:
+def _layer(
+    target: dict[str, float | int | bool], layer: Mapping[str, Any] | None, source: str
+) -> None:
     names = {f.name for f in dataclasses.fields(LoadSettings)}
     for key, value in (layer or {}).items():
         if key not in names:
@@ -145,7 +161,7 @@ def resolve_settings(
     Raises:
         ValueError: an unknown key, a value that is not a number, or one out of its range.
     """
-    merged: dict[str, float | int] = {}
+    merged: dict[str, float | int | bool] = {}
     _layer(merged, config.get("defaults"), f"{source}: defaults")
     _layer(merged, (config.get("profiles") or {}).get(profile), f"{source}: profiles.{profile}")
     if is_smoke:

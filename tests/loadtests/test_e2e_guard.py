@@ -56,6 +56,10 @@ def test_the_real_server_passes_the_smoke_verdict(tmp_path: Path) -> None:
     assert _failed(summary) == set()
     assert summary["reported"]["requests"] > 0
     assert summary["reported"]["hit_rate"] is not None
+    prefill = summary["prefill"]
+    assert prefill["stop_reason"] == "full", prefill  # smoke prefills every worker's cache
+    assert all(f["size"] == f["max_size"] for f in prefill["fill"].values())
+    assert summary["load_start_seconds"] >= prefill["seconds"]  # the window excludes it
     report_dir = Path(summary["reports_dir"])
     for name in ("memory.csv", "memory.png", "locust_stats.csv", "locust.html", "server.log"):
         assert (report_dir / name).stat().st_size > 0, name
@@ -63,7 +67,9 @@ def test_the_real_server_passes_the_smoke_verdict(tmp_path: Path) -> None:
 
 
 def test_a_leaking_server_fails_on_memory_alone(tmp_path: Path) -> None:
-    leak = ["--app", "loadtests.leaky_app:app"]
+    # No prefill: at 64 KiB per request its ~10k requests alone would blow the peak-RSS budget,
+    # and here the point is that the slope and growth criteria catch a leak.
+    leak = ["--app", "loadtests.leaky_app:app", "--no-prefill"]
     for item in [*NO_RECYCLING, "LEAKY_APP_KIB_PER_REQUEST=64"]:
         leak += ["--server-env", item]
     code, summary, out = _run(tmp_path, *leak)

@@ -72,6 +72,31 @@ def test_bad_values_are_named_with_their_source(layer: dict[str, Any], message: 
         resolve_settings(CONFIG, profile="starter", **layer)
 
 
+@pytest.mark.parametrize(
+    ("layer", "expected"),
+    [({}, True), ({"env": {"PREFILL": "false"}}, False), ({"cli": {"prefill": False}}, False),
+     ({"env": {"PREFILL": "0"}, "cli": {"prefill": True}}, True)],
+)  # fmt: skip
+def test_prefill_is_on_by_default_and_switched_by_env_or_cli(
+    layer: dict[str, Any], expected: bool
+) -> None:
+    assert resolve_settings(CONFIG, profile="starter", **layer).prefill is expected
+
+
+def test_prefill_rejects_a_word_that_is_not_a_boolean() -> None:
+    with pytest.raises(ValueError, match="prefill must be true or false, got 'maybe'"):
+        resolve_settings(CONFIG, profile="starter", env={"PREFILL": "maybe"})
+
+
+def test_the_shipped_smoke_prefills_within_a_tighter_time_cap() -> None:
+    config = read_config(Path(__file__).parents[2] / DEFAULT_THRESHOLDS_PATH)
+    smoke = resolve_settings(config, profile="starter", is_smoke=True)
+    full = resolve_settings(config, profile="starter")
+    assert smoke.prefill is full.prefill is True
+    assert smoke.duration_seconds + smoke.prefill_max_seconds <= 40  # within the 45 s budget
+    assert smoke.prefill_max_seconds < full.prefill_max_seconds
+
+
 def test_settings_validate_their_ranges() -> None:
     with pytest.raises(ValueError, match="users must be within"):
         LoadSettings(users=0)
