@@ -27,6 +27,12 @@ if TYPE_CHECKING:
 LATENCY_BUCKETS_SECONDS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 UNMATCHED_ROUTE = "<unmatched>"
 OTHER_ROUTE = "<other>"
+OTHER_METHOD = "OTHER"
+# Methods are client-chosen strings: any outside the standard set share one label so a client
+# cannot grow the series by inventing methods (same rule as memsafe's MemoryMonitor).
+KNOWN_METHODS = frozenset(
+    {"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "TRACE", "CONNECT"}
+)
 
 Snapshot = dict[str, Any]
 
@@ -35,7 +41,8 @@ class RequestMetrics:
     """Request counts and latency histograms per (method, route template), bounded in routes.
 
     Route labels are templates (`/users/{user_id}`), never raw paths, and at most `max_routes`
-    distinct ones are kept; the rest count under `<other>`, so label cardinality stays bounded.
+    distinct ones are kept; the rest count under `<other>`. Methods outside the standard HTTP
+    set count under `OTHER`. So label cardinality stays bounded.
     Thread safety: one lock around a few dict updates per request.
     """
 
@@ -52,6 +59,7 @@ class RequestMetrics:
     def observe(self, method: str, route: str, status: int, seconds: float) -> None:
         """Count one finished request and its latency."""
         bucket = bisect.bisect_left(LATENCY_BUCKETS_SECONDS, seconds)
+        method = method if method in KNOWN_METHODS else OTHER_METHOD
         with self._lock:
             if route not in self._routes:
                 if len(self._routes) >= self.max_routes:

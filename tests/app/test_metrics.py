@@ -152,3 +152,27 @@ def test_workers_under_gunicorn_publish_and_report_siblings(
         assert f'pid="{os.getppid()}"' in text
         assert f'pid="{os.getpid()}"' in text
     assert not own_file.exists()  # removed at shutdown
+
+
+def test_custom_methods_do_not_grow_series(client: TestClient) -> None:
+    for index in range(2000):
+        client.request(f"X{index:05d}", "/health")
+    client.get("/health")
+    metrics = client.app.state.runtime.request_metrics  # type: ignore[attr-defined]  # FastAPI app
+    methods = {row[0] for row in metrics.snapshot()["requests"]}
+    assert methods <= {"GET", "OTHER"}
+    assert len(metrics.snapshot()["latency"]) <= 4
+    text = client.get("/metrics").text
+    assert 'method="X0' not in text
+    samples = _samples(client)
+    assert (
+        _get(samples, "app_http_requests_total", method="OTHER", route="/health", status="405")
+        == 2000
+    )
+
+
+def test_unknown_method_is_recorded_as_other() -> None:
+    metrics = RequestMetrics(max_routes=2)
+    metrics.observe("BREW", "/r", 200, 0.001)
+    metrics.observe("GET", "/r", 200, 0.001)
+    assert {row[0] for row in metrics.snapshot()["requests"]} == {"OTHER", "GET"}
