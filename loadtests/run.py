@@ -149,6 +149,8 @@ def _load(
             out.prefill = _prefill(settings, sampler, fatal, args=args, port=port)
         if fatal.is_set():
             return  # the server died during the prefill: no load, the verdict says why
+        # The hit rate is reported for the load alone: the prefill's misses are by design.
+        baseline = cache_report(port) if settings.prefill else CacheReport()
         out.load_start_seconds = sampler.elapsed_seconds()
         locust = start_locust(settings, port=port, out_dir=out_dir, payload_kib=payload_kib)
         try:
@@ -167,7 +169,7 @@ def _load(
                 stop_process(locust, timeout=10)
         sampler.stop()
         if not fatal.is_set() and out.interrupted is None:
-            out.caches = cache_report(port)
+            out.caches = cache_report(port).since(baseline)
     finally:
         if out.sampler is not None:
             out.sampler.stop()

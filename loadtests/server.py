@@ -13,7 +13,7 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import yaml
@@ -140,6 +140,22 @@ class CacheReport:
     hit_rate: float | None = None
     fill: float | None = None  # entries / max entries: below 1, caches were still filling
     workers: int = 0
+    # pid -> (hits, misses) as /health reported them, to take one report from another.
+    counts: Mapping[int, tuple[int, int]] = field(default_factory=dict)
+
+    def since(self, baseline: CacheReport) -> CacheReport:
+        """This report with hits and misses counted only after `baseline` (e.g. the prefill).
+
+        A worker seen in both is taken as the difference; a worker that appeared since (a
+        recycle) counts whole; a worker the baseline saw but this report did not is left out.
+        """
+        hits = misses = 0
+        for pid, (pid_hits, pid_misses) in self.counts.items():
+            base_hits, base_misses = baseline.counts.get(pid, (0, 0))
+            hits += max(0, pid_hits - base_hits)
+            misses += max(0, pid_misses - base_misses)
+        rate = hits / (hits + misses) if hits + misses else None
+        return replace(self, hit_rate=rate)
 
 
 def cache_report(port: int, *, probes: int = HEALTH_PROBES) -> CacheReport:
@@ -167,6 +183,7 @@ def cache_report(port: int, *, probes: int = HEALTH_PROBES) -> CacheReport:
         hit_rate=hits / (hits + misses) if hits + misses else None,
         fill=size / capacity if capacity else None,
         workers=len(per_pid),
+        counts={pid: (v[0], v[1]) for pid, v in per_pid.items()},
     )
 
 
