@@ -8,6 +8,8 @@ import random
 import sqlite3
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +18,9 @@ logger = logging.getLogger(__name__)
 SEED_BATCH_ROWS = 5_000
 SEED_RANDOM = 20_240_601  # fixed seed: every fresh clone gets the same demo users
 CONNECTION_CACHE_KIB = 1024  # SQLite page cache per connection; the table is ~1 MiB
+# Pool size: reads take microseconds, so a few connections serve the whole threadpool; this
+# bounds open fds and page caches (max_connections x CONNECTION_CACHE_KIB) per worker.
+DEFAULT_MAX_CONNECTIONS = 4
 _FIRST = (
     "Ada",
     "Alan",
@@ -110,62 +115,97 @@ def _seed_locked(path: Path, users: int) -> bool:
 
 
 class UserStore:
-    """Read-only access to the users table through one connection per thread.
+    """Read-only access to the users table through a small pool of SQLite connections.
 
-    Thread safety: each thread (the event loop thread or a threadpool thread) gets its own
-    connection, so lookups never wait on each other; `close()` closes every one of them.
+    Each read borrows a connection and returns it, so at most `max_connections` are ever open
+    however many threads read (anyio retires idle threadpool threads and starts new ones; a
+    connection per thread would grow without bound). A read waits when all are in use.
+    Thread safety: one condition guards the pool; SQL runs outside it on the borrowed
+    connection, which no other thread uses meanwhile. After `close()` reads raise RuntimeError.
     """
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, *, max_connections: int = DEFAULT_MAX_CONNECTIONS) -> None:
+        if max_connections < 1:
+            msg = f"max_connections must be >= 1, got {max_connections!r}"
+            raise ValueError(msg)
         self.path = path
-        self._local = threading.local()
-        self._lock = threading.Lock()
-        self._connections: list[sqlite3.Connection] = []
+        self.max_connections = max_connections
+        self._cond = threading.Condition(threading.Lock())
+        self._idle: list[sqlite3.Connection] = []  # LIFO: the warmest page cache is reused
+        self._open = 0
         self._closed = False
 
-    def _connection(self) -> sqlite3.Connection:
-        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
-        if conn is not None:
-            return conn
-        with self._lock:
-            if self._closed:
-                msg = f"store {str(self.path)!r} is closed"
-                raise RuntimeError(msg)
-            conn = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True, check_same_thread=False)
-            conn.execute(f"PRAGMA cache_size=-{CONNECTION_CACHE_KIB}")
-            self._connections.append(conn)
-        self._local.conn = conn
+    def _raise_closed(self) -> None:
+        msg = f"store {str(self.path)!r} is closed; allowed: reads before close()"
+        raise RuntimeError(msg)
+
+    @contextmanager
+    def _borrow(self) -> Iterator[sqlite3.Connection]:
+        conn: sqlite3.Connection | None = None
+        with self._cond:
+            while True:
+                if self._closed:
+                    self._raise_closed()
+                if self._idle:
+                    conn = self._idle.pop()
+                    break
+                if self._open < self.max_connections:
+                    self._open += 1
+                    break
+                self._cond.wait()
+        if conn is None:
+            try:
+                conn = self._connect()
+            except BaseException:
+                with self._cond:
+                    self._open -= 1
+                    self._cond.notify()
+                raise
+        try:
+            yield conn
+        finally:
+            with self._cond:
+                if self._closed:
+                    self._open -= 1
+                    conn.close()
+                else:
+                    self._idle.append(conn)
+                self._cond.notify()
+
+    def _connect(self) -> sqlite3.Connection:
+        conn = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True, check_same_thread=False)
+        conn.execute(f"PRAGMA cache_size=-{CONNECTION_CACHE_KIB}")
         return conn
 
     def get_user(self, user_id: int) -> User | None:
         """The user with `user_id`, or None when there is none."""
-        row = (
-            self._connection()
-            .execute(
+        with self._borrow() as conn:
+            row = conn.execute(
                 "SELECT id, name, email, city, created_at FROM users WHERE id = ?",
                 (user_id,),
-            )
-            .fetchone()
-        )
+            ).fetchone()
         if row is None:
             return None
         return {"id": row[0], "name": row[1], "email": row[2], "city": row[3], "created_at": row[4]}
 
     def count(self) -> int:
         """How many users the store holds."""
-        row = self._connection().execute("SELECT COUNT(*) FROM users").fetchone()
+        with self._borrow() as conn:
+            row = conn.execute("SELECT COUNT(*) FROM users").fetchone()
         return int(row[0])
 
     @property
     def connections(self) -> int:
-        """Open connections (one per thread that has read)."""
-        with self._lock:
-            return len(self._connections)
+        """Open connections (idle in the pool or borrowed by a read), at most max_connections."""
+        with self._cond:
+            return self._open
 
     def close(self) -> None:
-        """Close every connection; later reads raise RuntimeError."""
-        with self._lock:
+        """Close idle connections now and borrowed ones when returned; later reads raise."""
+        with self._cond:
             self._closed = True
-            for conn in self._connections:
+            for conn in self._idle:
                 conn.close()
-            self._connections.clear()
+            self._open -= len(self._idle)
+            self._idle.clear()
+            self._cond.notify_all()

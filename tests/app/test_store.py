@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import multiprocessing
+import os
 import sqlite3
+import threading
 from pathlib import Path
 
 import pytest
@@ -50,8 +52,8 @@ def test_store_is_read_only(tmp_path: Path) -> None:
     path = tmp_path / "app.sqlite3"
     ensure_seeded(path, 5)
     store = UserStore(path)
-    with pytest.raises(sqlite3.OperationalError, match="readonly"):
-        store._connection().execute("DELETE FROM users")
+    with pytest.raises(sqlite3.OperationalError, match="readonly"), store._borrow() as conn:
+        conn.execute("DELETE FROM users")
 
 
 def test_closed_store_refuses_new_connections(tmp_path: Path) -> None:
@@ -79,3 +81,46 @@ def test_concurrent_seeding_seeds_once(tmp_path: Path) -> None:
         results = pool.map(_seed, [str(path)] * 4)
     assert results.count(True) == 1
     assert UserStore(path).count() == 5_000
+
+
+def _open_fds() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+@pytest.mark.slow
+def test_short_lived_threads_share_a_bounded_pool(tmp_path: Path) -> None:
+    path = tmp_path / "app.sqlite3"
+    ensure_seeded(path, 5)
+    store = UserStore(path, max_connections=4)
+    try:
+        store.get_user(1)
+        fds_before = _open_fds()
+        for _ in range(20):
+            threads = [threading.Thread(target=store.get_user, args=(1,)) for _ in range(10)]
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join()
+            assert store.connections <= 4
+        assert store.connections <= 4
+        assert _open_fds() <= fds_before + 2 * 4
+    finally:
+        store.close()
+    assert store.connections == 0
+
+
+def test_read_after_close_raises_runtime_error_on_a_thread_that_read(tmp_path: Path) -> None:
+    path = tmp_path / "app.sqlite3"
+    ensure_seeded(path, 5)
+    store = UserStore(path)
+    assert store.get_user(1) is not None
+    store.close()
+    with pytest.raises(RuntimeError, match="closed"):
+        store.get_user(1)
+    with pytest.raises(RuntimeError, match="closed"):
+        store.count()
+
+
+def test_max_connections_must_be_positive(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="max_connections"):
+        UserStore(tmp_path / "app.sqlite3", max_connections=0)
