@@ -5,15 +5,25 @@ from __future__ import annotations
 import itertools
 import logging
 import os
+import types
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from contextvars import ContextVar
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Union, get_args, get_origin
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+)
 from pydantic.fields import FieldInfo
+from pydantic_core import PydanticCustomError
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -35,8 +45,29 @@ class SettingsError(Exception):
     """Invalid configuration: the message names the file, the key, the value and what is allowed."""
 
 
+def _accepts_bool(annotation: Any) -> bool:
+    if annotation is bool:
+        return True
+    origin = get_origin(annotation)
+    if origin is Union or origin is types.UnionType:
+        return any(_accepts_bool(arg) for arg in get_args(annotation))
+    return False
+
+
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _reject_bool(cls, value: Any, info: ValidationInfo) -> Any:
+        # pydantic's lax mode turns YAML `true` into 1 for int and float fields; refuse it.
+        if not isinstance(value, bool) or info.field_name is None:
+            return value
+        annotation = cls.model_fields[info.field_name].annotation
+        if _accepts_bool(annotation):
+            return value
+        kind = "an integer" if int in (annotation, *get_args(annotation)) else "a number or text"
+        raise PydanticCustomError("bool_not_allowed", f"{kind}, not a boolean")
 
 
 class ServerSettings(_Section):
@@ -110,6 +141,24 @@ class StoreSettings(_Section):
     path: Path = Path("data/app.sqlite3")
     seed_users: int = Field(default=10_000, ge=0, le=10_000_000)
     offload_reads: bool = False
+
+    @field_validator("path")
+    @classmethod
+    def _check_path(cls, path: Path) -> Path:
+        # Fail at start-up with the key named, not with a sqlite3 traceback in the lifespan.
+        if path.is_dir() or not path.name:
+            raise PydanticCustomError("store_path", "a file path, not a directory")
+        ancestor = path.parent
+        while not ancestor.exists() and ancestor != ancestor.parent:
+            ancestor = ancestor.parent
+        if not ancestor.is_dir():
+            raise PydanticCustomError(
+                "store_path",
+                "a file path whose parent is a directory or can be created ({ancestor} is not a "
+                "directory)",
+                {"ancestor": str(ancestor)},
+            )
+        return path
 
 
 class LoggingSettings(_Section):
@@ -272,7 +321,11 @@ def _present(pairs: list[tuple[str, float | None]]) -> list[tuple[str, float]]:
 def _check_cross_fields(settings: Settings, path: Path | None) -> None:
     """Rules that span keys: limit ordering and the cache budget under the memory limits."""
     mem = settings.memory
-    where = f"file {str(path)!r}" if path is not None else "code defaults"
+
+    def where(*keys: str) -> str:
+        origins = dict.fromkeys(_origin(tuple(key.split(".")), path) for key in keys)
+        return " and ".join(origins)
+
     present = _present(
         [(f"memory.{lvl}_limit_mb", getattr(mem, f"{lvl}_limit_mb")) for lvl in _LEVELS]
     )
@@ -283,29 +336,43 @@ def _check_cross_fields(settings: Settings, path: Path | None) -> None:
         for (low_key, low), (high_key, high) in itertools.pairwise(pairs):
             if low >= high:
                 msg = (
-                    f"invalid settings in {where}: {low_key}={low} must be below "
-                    f"{high_key}={high}; allowed: soft < hard < recycle"
+                    f"invalid settings in {where(low_key, high_key)}: {low_key}={low} must be "
+                    f"below {high_key}={high}; allowed: soft < hard < recycle"
                 )
                 raise SettingsError(msg)
     budget = settings.caches.total_budget_mb
     limits = [value for _, value in present]
+    lowest = [key for key, value in present if limits and value == min(limits)]
     if budget is not None and limits and budget >= min(limits):
         msg = (
-            f"invalid settings in {where}: caches.total_budget_mb={budget} is not below the "
+            f"invalid settings in {where('caches.total_budget_mb', *lowest)}: "
+            f"caches.total_budget_mb={budget} is not below the "
             f"lowest memory limit ({min(limits)} MiB); allowed: 1..{min(limits) - 1}"
         )
         raise SettingsError(msg)
     users = settings.caches.users
     if budget is not None and users.max_bytes is not None and users.max_bytes > budget * MIB:
         msg = (
-            f"invalid settings in {where}: caches.users.max_bytes={users.max_bytes} is above "
+            f"invalid settings in {where('caches.users.max_bytes', 'caches.total_budget_mb')}: "
+            f"caches.users.max_bytes={users.max_bytes} is above "
             f"caches.total_budget_mb={budget} MiB; allowed: 1024..{budget * MIB}"
         )
         raise SettingsError(msg)
     server = settings.server
+    rss = server.max_worker_rss_mb
+    for key, value in present:
+        if rss is not None and value >= rss:
+            # gunicorn recycles the worker at max_worker_rss_mb: a limit at or above it never
+            # gets a chance to act.
+            msg = (
+                f"invalid settings in {where(key, 'server.max_worker_rss_mb')}: {key}={value} "
+                f"must be below server.max_worker_rss_mb={rss}; allowed: 32..{rss - 1}"
+            )
+            raise SettingsError(msg)
     if server.max_requests and server.max_requests_jitter >= server.max_requests:
         msg = (
-            f"invalid settings in {where}: server.max_requests_jitter="
+            f"invalid settings in {where('server.max_requests_jitter', 'server.max_requests')}: "
+            "server.max_requests_jitter="
             f"{server.max_requests_jitter} must be below server.max_requests="
             f"{server.max_requests}; allowed: 0..{server.max_requests - 1}"
         )

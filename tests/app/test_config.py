@@ -262,3 +262,83 @@ def _keys(data: dict[str, object], prefix: str = "") -> set[str]:
         if isinstance(value, dict):
             keys |= _keys(value, f"{prefix}{key}.")
     return keys
+
+
+@pytest.mark.parametrize(
+    ("overrides", "key"),
+    [
+        ({"server": {"workers": True}}, "server.workers"),
+        ({"caches": {"users": {"max_size": True}}}, "caches.users.max_size"),
+        ({"memory": {"interval_seconds": False}}, "memory.interval_seconds"),
+    ],
+)
+def test_boolean_for_a_number_is_rejected(
+    overrides: dict[str, object], key: str, write_profile: ProfileWriter
+) -> None:
+    path = write_profile(overrides)
+    message = _error(path)
+    assert str(path) in message
+    assert key in message
+    assert "allowed:" in message
+    assert "not a boolean" in message
+
+
+def test_boolean_fields_still_take_booleans(write_profile: ProfileWriter) -> None:
+    settings = load_settings(write_profile({"store": {"offload_reads": True}}))
+    assert settings.store.offload_reads is True
+
+
+def test_cross_field_error_names_the_env_var(
+    write_profile: ProfileWriter, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = write_profile()
+    monkeypatch.setenv("APP_MEMORY__SOFT_LIMIT_MB", "300")
+    message = _error(path)
+    # soft from the env, hard (240) from the file: both origins, the env var first
+    assert message.startswith(
+        f"invalid settings in env APP_MEMORY__SOFT_LIMIT_MB and file {str(path)!r}:"
+    )
+    monkeypatch.setenv("APP_MEMORY__HARD_LIMIT_MB", "250")
+    message = _error(path)
+    assert message.startswith(
+        "invalid settings in env APP_MEMORY__SOFT_LIMIT_MB and env APP_MEMORY__HARD_LIMIT_MB:"
+    )
+    assert str(path) not in message
+
+
+@pytest.mark.parametrize("level", ["soft", "hard", "recycle"])
+def test_memory_limit_not_below_max_worker_rss_is_rejected(
+    level: str, write_profile: ProfileWriter
+) -> None:
+    memory: dict[str, int | None] = {f"{lvl}_limit_mb": None for lvl in ("soft", "hard", "recycle")}
+    memory[f"{level}_limit_mb"] = 120
+    path = write_profile({"server": {"max_worker_rss_mb": 120}, "memory": memory})
+    message = _error(path)
+    assert str(path) in message
+    assert f"memory.{level}_limit_mb" in message
+    assert "server.max_worker_rss_mb=120" in message
+    assert "allowed:" in message
+
+
+@pytest.mark.parametrize(
+    "store_path", ["/", "{file}/app.sqlite3", "{file}/sub/app.sqlite3", "{dir}"]
+)
+def test_unusable_store_path_is_rejected(
+    store_path: str, write_profile: ProfileWriter, tmp_path: Path
+) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("x")
+    value = store_path.format(file=blocker, dir=tmp_path)
+    path = write_profile({"store": {"path": value}})
+    message = _error(path)
+    assert str(path) in message
+    assert "store.path" in message
+    assert value in message
+    assert "allowed:" in message
+
+
+def test_store_path_in_a_new_directory_is_accepted(
+    write_profile: ProfileWriter, tmp_path: Path
+) -> None:
+    value = tmp_path / "new" / "deeper" / "app.sqlite3"
+    assert load_settings(write_profile({"store": {"path": str(value)}})).store.path == value
