@@ -12,6 +12,7 @@ from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any, Final, Generic, overload
 
+from memsafe._checks import _check_positive_int, _check_ttl, _unhashable
 from memsafe._clock import Clock
 from memsafe._types import CacheStats, K, LockLike, T, V
 
@@ -34,30 +35,6 @@ def _count_value(counter: itertools.count[int]) -> int:
     # repr is "count(N)": the next value, i.e. how many times next() ran. Reading it this way
     # avoids count.__reduce__, deprecated from 3.12.
     return int(repr(counter)[6:-1])
-
-
-def _check_ttl(name: str, ttl_seconds: float | None) -> float | None:
-    if ttl_seconds is None:
-        return None
-    if (
-        isinstance(ttl_seconds, bool)
-        or not isinstance(ttl_seconds, int | float)
-        or not ttl_seconds > 0  # also rejects NaN
-    ):
-        msg = f"{name} must be a number > 0 or None, got {ttl_seconds!r}"
-        raise ValueError(msg)
-    return float(ttl_seconds)
-
-
-def _check_positive_int(name: str, value: object) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        msg = f"{name} must be an int >= 1, got {value!r}"
-        raise ValueError(msg)
-    return value
-
-
-def _unhashable(key: object) -> TypeError:
-    return TypeError(f"key must be hashable, got {key!r} of type {type(key).__name__}")
 
 
 class LRUCache(Generic[K, V]):
@@ -270,6 +247,11 @@ class LRUCache(Generic[K, V]):
                 if not cache._ttl_used:
                     cache._ttl_used = True
             acquire()
+            if cache._sizeof is not None:
+                # A manager switched byte tracking on since the read above: store a sized entry.
+                release()
+                set_sized(key, value, ttl, cache._sizeof)
+                return
             try:
                 try:
                     present = key in data
@@ -312,18 +294,24 @@ class LRUCache(Generic[K, V]):
             data = self._data
             before = self._nbytes
             try:
-                old = data.pop(key, None)
+                old = data.get(key)
             except TypeError:
                 raise _unhashable(key) from None
-            if old is not None:
-                self._nbytes -= old[2]
             if max_bytes is not None and size > max_bytes:
                 self._rejections += 1
+                if old is not None:
+                    del data[key]
+                    self._nbytes -= old[2]
             else:
+                # An overwrite keeps the entry in place (a lock-free get must never see the key
+                # missing) as most recent, so eviction from the LRU end never reaches it.
+                old_size = 0 if old is None else old[2]
+                if old is not None:
+                    data.move_to_end(key)
                 # Make room first, so nbytes and len() never exceed their bounds in between.
-                while data and (
-                    len(data) >= self._max_size
-                    or (max_bytes is not None and self._nbytes + size > max_bytes)
+                while len(data) > (old is not None) and (
+                    (old is None and len(data) >= self._max_size)
+                    or (max_bytes is not None and self._nbytes - old_size + size > max_bytes)
                 ):
                     old_key, evicted = data.popitem(last=False)
                     self._nbytes -= evicted[2]
@@ -333,7 +321,7 @@ class LRUCache(Generic[K, V]):
                         self._evictions += 1
                     dropped.append((old_key, evicted[0]))
                 data[key] = (value, expires_at, size)
-                self._nbytes += size
+                self._nbytes += size - old_size
             grew = self._nbytes > before
             hook = self._grow_hook
         if dropped:
@@ -414,16 +402,21 @@ class LRUCache(Generic[K, V]):
 
     def _pop_lru(self, count: int, stop_at_bytes: int | None) -> list[tuple[K, Any]]:
         # Under the lock: pop up to `count` LRU entries, stopping once nbytes <= stop_at_bytes.
+        # Already expired entries count as expirations, as on the set paths.
         data = self._data
         dropped: list[tuple[K, Any]] = []
+        now = self._clock()
         while data and len(dropped) < count:
             if stop_at_bytes is not None and self._nbytes <= stop_at_bytes:
                 break
             key, entry = data.popitem(last=False)
             if len(entry) == 3:
                 self._nbytes -= entry[2]
+            if entry[1] is not NEVER and entry[1] <= now:
+                self._expirations += 1
+            else:
+                self._evictions += 1
             dropped.append((key, entry[0]))
-        self._evictions += len(dropped)
         return dropped
 
     def _notify_evicted(self, dropped: list[tuple[K, Any]]) -> None:

@@ -9,7 +9,8 @@ import threading
 from collections.abc import Callable, Hashable
 from typing import Any, Final, TypeVar, cast
 
-from memsafe.cache import LRUCache, _check_ttl
+from memsafe._checks import _check_ttl
+from memsafe.cache import LRUCache
 
 F = TypeVar("F", bound=Callable[..., Any])
 

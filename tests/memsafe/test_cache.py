@@ -555,3 +555,56 @@ def test_a_context_manager_only_lock_is_taken_and_always_released() -> None:
     with pytest.raises(TypeError, match="key must be hashable"):
         cache.set([1], 3)
     assert (lock.enters, lock.depth) == (3, 0)
+
+
+class _TrackingOnAcquireLock(CountingLock):
+    """A lock whose next acquire first runs `fire`, as another thread could just before it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fire: Callable[[], None] | None = None
+
+    def acquire(self, blocking: bool = True, timeout: float = -1) -> bool:
+        acquired = super().acquire(blocking, timeout)
+        fire, self.fire = self.fire, None
+        if fire is not None:
+            fire()
+        return acquired
+
+
+def test_set_racing_with_byte_tracking_switching_on_stores_a_sized_entry() -> None:
+    lock = _TrackingOnAcquireLock()
+    cache: LRUCache[str, int] = LRUCache(10, lock=lock)
+    cache.set("a", 1)
+    lock.fire = lambda: cache._track_bytes(None)  # the manager adding a budget mid-set
+    cache.set("b", 2)
+    cache.set("b", 3)  # an overwrite reads the stored entry's size
+    assert cache.get("b") == 3
+    assert cache.nbytes == default_sizeof(1) + default_sizeof(3)
+    cache.shrink(1.0)
+    assert cache.nbytes == 0
+
+
+@pytest.mark.parametrize("max_bytes", [None, 10**6], ids=["untracked", "byte-tracked"])
+def test_shrink_counts_already_expired_entries_as_expirations(
+    fake_clock: FakeClock, max_bytes: int | None
+) -> None:
+    cache: LRUCache[str, int] = LRUCache(10, max_bytes=max_bytes, clock=fake_clock)
+    cache.set("old", 1, ttl_seconds=1)
+    cache.set("live", 2)
+    fake_clock.advance(1)
+    assert cache.shrink(1.0) == 2
+    stats = cache.stats()
+    assert (stats["expirations"], stats["evictions"]) == (1, 1)
+
+
+def test_byte_budget_eviction_counts_already_expired_entries_as_expirations(
+    fake_clock: FakeClock,
+) -> None:
+    cache: LRUCache[str, int] = LRUCache(10, max_bytes=100, sizeof=int_size, clock=fake_clock)
+    cache.set("old", 10, ttl_seconds=1)
+    cache.set("live", 20)
+    fake_clock.advance(1)
+    assert cache._evict_bytes(30) == 30
+    stats = cache.stats()
+    assert (stats["expirations"], stats["evictions"]) == (1, 1)

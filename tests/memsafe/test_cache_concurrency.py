@@ -115,3 +115,32 @@ def test_threads_hammering_one_cache_keep_bounds_and_exact_counts(max_bytes: int
     if max_bytes is not None:
         assert stats["bytes"] == sum(len(e[0]) for e in cache._data.values()) <= max_bytes
     assert evicted[0] > 0
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("max_bytes", [None, 10**6], ids=["untracked", "byte-tracked"])
+def test_overwriting_a_key_never_hides_it_from_a_concurrent_get(max_bytes: int | None) -> None:
+    # An overwrite must swap the entry in place: a lock-free get between "remove" and
+    # "re-insert" would report a miss on a key that is always present.
+    cache: LRUCache[str, str] = LRUCache(100, max_bytes=max_bytes)
+    cache.set("k", "v")
+    stop = threading.Event()
+
+    def overwrite() -> None:
+        while not stop.is_set():
+            cache.set("k", "v")
+
+    previous = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)
+    writer = threading.Thread(target=overwrite)
+    writer.start()
+    misses = 0
+    try:
+        for _ in range(100_000):
+            if cache.get("k") is None:
+                misses += 1
+    finally:
+        stop.set()
+        writer.join()
+        sys.setswitchinterval(previous)
+    assert misses == 0

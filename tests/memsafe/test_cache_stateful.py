@@ -162,9 +162,8 @@ class LRUCacheMachine(RuleBasedStateMachine):
     def shrink(self, fraction: float) -> None:
         dropped = self._cache.shrink(fraction)
         count = math.ceil(len(self.order) * fraction)
-        for key in self.order[:count]:
-            self._remove(key)
-        self.evictions += count
+        for _ in range(count):
+            self._drop_lru()
         assert dropped == count
 
     @precondition(lambda self: len(self.entries) > 0)
