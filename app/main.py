@@ -26,6 +26,7 @@ from app.core.metrics import (
     RequestMetricsMiddleware,
     SharedSnapshots,
     Snapshot,
+    UnsafeDirectoryError,
     shared_snapshot_dir,
 )
 from app.services.users import UserDataService
@@ -133,9 +134,13 @@ def _start_publisher(state: AppState) -> asyncio.Task[None] | None:
     interval = state.settings.monitor.metrics_share_seconds
     if interval is None or current_worker() is None:
         return None
-    state.shared = SharedSnapshots(
-        shared_snapshot_dir(os.getppid()), max_age_seconds=3 * interval + 5
-    )
+    shared = SharedSnapshots(shared_snapshot_dir(os.getppid()), max_age_seconds=3 * interval + 5)
+    try:
+        shared.ensure_directory()
+    except OSError as exc:
+        logger.warning("%s; serving per-worker metrics only", exc)
+        return None
+    state.shared = shared
     return asyncio.get_running_loop().create_task(_publish_forever(state, interval))
 
 
@@ -145,6 +150,10 @@ async def _publish_forever(state: AppState, interval: float) -> None:
         if shared is not None:
             try:
                 shared.publish(_snapshot(state))
+            except UnsafeDirectoryError as exc:
+                logger.warning("%s; serving per-worker metrics only from now on", exc)
+                state.shared = None
+                return
             except OSError:
                 logger.exception("publishing metrics for sibling workers failed")
         await asyncio.sleep(interval)

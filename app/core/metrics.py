@@ -6,6 +6,7 @@ import bisect
 import contextlib
 import json
 import os
+import stat
 import tempfile
 import threading
 import time
@@ -35,6 +36,11 @@ KNOWN_METHODS = frozenset(
 )
 
 Snapshot = dict[str, Any]
+SHARED_DIR_MODE = 0o700  # only this user: the directory sits in world-writable /dev/shm
+
+
+class UnsafeDirectoryError(PermissionError):
+    """The shared metrics directory is a symlink, not a directory, or not private to this user."""
 
 
 class RequestMetrics:
@@ -237,12 +243,53 @@ class SharedSnapshots:
     def _path(self, pid: int) -> Path:
         return self.directory / f"worker-{pid}.json"
 
+    def ensure_directory(self) -> None:
+        """Create the directory (mode 0o700) if missing and check that it is safe to use.
+
+        The base is world-writable /dev/shm, so anyone could create the name first, as a
+        symlink or as their own directory. It must be a real directory (not followed through a
+        symlink), owned by this user and writable by no one else.
+
+        Raises:
+            UnsafeDirectoryError: when it is not; OSError when it cannot be created.
+        """
+        with contextlib.suppress(FileExistsError):
+            self.directory.mkdir(mode=SHARED_DIR_MODE, parents=True)
+        info = os.lstat(self.directory)
+        problem = None
+        if stat.S_ISLNK(info.st_mode):
+            problem = "is a symlink"
+        elif not stat.S_ISDIR(info.st_mode):
+            problem = "is not a directory"
+        elif info.st_uid != os.getuid():
+            problem = f"is owned by uid {info.st_uid}, not {os.getuid()}"
+        elif info.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+            problem = f"is writable by others (mode {stat.S_IMODE(info.st_mode):o})"
+        if problem is not None:
+            msg = (
+                f"shared metrics directory {str(self.directory)!r} {problem}; allowed: a "
+                f"directory owned by uid {os.getuid()}, not writable by group or others"
+            )
+            raise UnsafeDirectoryError(msg)
+
+    def is_directory_safe(self) -> bool:
+        """True when ensure_directory() succeeds."""
+        try:
+            self.ensure_directory()
+        except OSError:
+            return False
+        return True
+
     def publish(self, snapshot: Snapshot) -> None:
-        """Write this worker's snapshot (atomic replace)."""
-        self.directory.mkdir(parents=True, exist_ok=True)
+        """Write this worker's snapshot (atomic replace) into the checked directory."""
+        self.ensure_directory()
         pid = int(snapshot["pid"])
         tmp = self.directory / f".worker-{pid}.tmp"
-        tmp.write_text(json.dumps(snapshot, separators=(",", ":")), encoding="utf-8")
+        data = json.dumps(snapshot, separators=(",", ":")).encode()
+        # O_NOFOLLOW: never write through a link planted under the temporary name.
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+        with os.fdopen(fd, "wb") as file:
+            file.write(data)
         os.replace(tmp, self._path(pid))
 
     def remove(self, pid: int) -> None:
@@ -253,6 +300,8 @@ class SharedSnapshots:
     def others(self, own_pid: int) -> list[Snapshot]:
         """Fresh snapshots of the other live workers; stale or dead workers' files are removed."""
         snapshots: list[Snapshot] = []
+        if not self._is_existing_directory_safe():
+            return snapshots  # missing, or not ours: read nothing planted by someone else
         try:
             paths = list(self.directory.glob("worker-*.json"))
         except OSError:
@@ -274,6 +323,17 @@ class SharedSnapshots:
             except (OSError, ValueError):
                 continue  # vanished or being replaced: the next scrape sees it
         return snapshots
+
+    def _is_existing_directory_safe(self) -> bool:
+        try:
+            info = os.lstat(self.directory)
+        except OSError:
+            return False
+        return (
+            stat.S_ISDIR(info.st_mode)
+            and info.st_uid == os.getuid()
+            and not info.st_mode & (stat.S_IWGRP | stat.S_IWOTH)
+        )
 
     def cleanup_directory(self) -> None:
         """Remove the directory when no snapshot is left in it."""

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import json
+import logging
 import os
+import stat
 import subprocess
 import sys
 import time
@@ -13,7 +16,13 @@ from prometheus_client.parser import text_string_to_metric_families
 
 import app.main as main_module
 from app.core.config import Settings
-from app.core.metrics import OTHER_ROUTE, UNMATCHED_ROUTE, RequestMetrics, SharedSnapshots
+from app.core.metrics import (
+    OTHER_ROUTE,
+    UNMATCHED_ROUTE,
+    RequestMetrics,
+    SharedSnapshots,
+    UnsafeDirectoryError,
+)
 from app.main import create_app
 from tests.app.conftest import TestClient
 
@@ -176,3 +185,61 @@ def test_unknown_method_is_recorded_as_other() -> None:
     metrics.observe("BREW", "/r", 200, 0.001)
     metrics.observe("GET", "/r", 200, 0.001)
     assert {row[0] for row in metrics.snapshot()["requests"]} == {"OTHER", "GET"}
+
+
+def test_shared_directory_is_created_private(tmp_path: Path) -> None:
+    shared = SharedSnapshots(tmp_path / "m", max_age_seconds=60)
+    assert shared.is_directory_safe()
+    assert stat.S_IMODE((tmp_path / "m").stat().st_mode) == 0o700
+
+
+def test_symlinked_shared_directory_is_refused(tmp_path: Path) -> None:
+    target = tmp_path / "victim"
+    target.mkdir(mode=0o700)
+    (tmp_path / "m").symlink_to(target)
+    shared = SharedSnapshots(tmp_path / "m", max_age_seconds=60)
+    assert not shared.is_directory_safe()
+    with pytest.raises(UnsafeDirectoryError, match="symlink"):
+        shared.publish(_snap(os.getpid()))
+    (target / f"worker-{os.getppid()}.json").write_text(json.dumps(_snap(os.getppid())))
+    assert shared.others(os.getpid()) == []  # never reads through the link
+    assert [path.name for path in target.iterdir()] == [f"worker-{os.getppid()}.json"]
+
+
+def test_shared_directory_of_another_user_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "m").mkdir(mode=0o700)
+    real_uid = os.getuid()
+    monkeypatch.setattr(os, "getuid", lambda: real_uid + 1)
+    shared = SharedSnapshots(tmp_path / "m", max_age_seconds=60)
+    with pytest.raises(UnsafeDirectoryError, match="owned by uid"):
+        shared.publish(_snap(os.getpid()))
+
+
+def test_writable_by_others_shared_directory_is_refused(tmp_path: Path) -> None:
+    (tmp_path / "m").mkdir()
+    (tmp_path / "m").chmod(0o777)
+    shared = SharedSnapshots(tmp_path / "m", max_age_seconds=60)
+    with pytest.raises(UnsafeDirectoryError, match="writable"):
+        shared.publish(_snap(os.getpid()))
+
+
+def test_worker_with_unsafe_shared_directory_serves_own_metrics(
+    settings: Settings,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    target = tmp_path / "victim"
+    target.mkdir()
+    (tmp_path / "m").symlink_to(target)
+    monkeypatch.setattr(main_module, "current_worker", lambda: object())
+    monkeypatch.setattr(main_module, "shared_snapshot_dir", lambda master_pid: tmp_path / "m")
+    with caplog.at_level(logging.WARNING, logger="app.main"), TestClient(create_app(settings)) as c:
+        c.get("/users/1")
+        text = c.get("/metrics").text
+        assert f'pid="{os.getpid()}"' in text
+        assert c.app.state.runtime.shared is None  # type: ignore[attr-defined]  # FastAPI app
+    assert list(target.iterdir()) == []
+    assert any("per-worker" in record.getMessage() for record in caplog.records)
