@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gc
 import os
+import time
 
 import pytest
 
@@ -16,10 +17,19 @@ def test_health_reports_status_memory_and_caches(client: TestClient) -> None:
     assert body["version"] == "0.1.0"
     assert body["pid"] == os.getpid()
     assert body["rss_bytes"] > 10 * 1024 * 1024
-    assert body["uptime_seconds"] >= 0
+    assert 0 < body["uptime_seconds"] < 600
     assert set(body["container"]) == {"limit_bytes", "usage_bytes", "cgroup_version"}
     assert body["cleanup_level"] == "normal"
     assert "users" in body["caches"]["caches"]
+
+
+def test_health_uptime_grows_with_the_monotonic_clock(client: TestClient) -> None:
+    first = client.get("/health").json()["uptime_seconds"]
+    started = time.monotonic()
+    time.sleep(0.05)
+    second = client.get("/health").json()["uptime_seconds"]
+    elapsed = time.monotonic() - started
+    assert 0.05 - 0.001 <= second - first <= elapsed + 0.5
 
 
 def test_health_shows_cache_hits_of_user_reads(client: TestClient) -> None:

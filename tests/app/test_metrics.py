@@ -85,7 +85,16 @@ def test_cache_rss_and_cleanup_metrics_are_exported(client: TestClient) -> None:
     assert _get(samples, "app_cache_evictions_total", cache="users") == 0
     assert _get(samples, "app_process_rss_bytes") > 0
     assert _get(samples, "app_cleanup_level", level="normal") == 1
-    assert _get(samples, "app_cleanup_passes_total") >= 0
+
+
+def test_cleanup_passes_counter_counts_a_forced_pass(
+    client: TestClient, admin_headers: dict[str, str]
+) -> None:
+    before = _get(_samples(client), "app_cleanup_passes_total")
+    response = client.post("/admin/cleanup", params={"level": "soft"}, headers=admin_headers)
+    assert response.status_code == 200
+    # >= rather than ==: the background loop may also run a pass meanwhile
+    assert _get(_samples(client), "app_cleanup_passes_total") >= before + 1
 
 
 def test_route_labels_are_bounded() -> None:
