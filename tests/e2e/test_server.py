@@ -6,10 +6,12 @@ import re
 import subprocess
 import threading
 import time
+from pathlib import Path
 
 import httpx
 import psutil
 import pytest
+import yaml
 
 from tests.e2e.conftest import GUNICORN, ROOT, ServerFactory, free_port
 
@@ -54,8 +56,18 @@ def _worker_rss_mb(server_url: str) -> float:
     return max(samples) / MIB
 
 
+def _profile_without_memory_limits(tmp_path: Path) -> Path:
+    """config/local.yaml with the cleaner's MiB limits unset (they must sit below the RSS cap)."""
+    data = yaml.safe_load((ROOT / "config" / "local.yaml").read_text())
+    for level in ("soft", "hard", "recycle"):
+        data["memory"][f"{level}_limit_mb"] = None
+    path = tmp_path / "no-memory-limits.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
 def test_worker_recycled_on_rss_under_traffic_without_failed_requests(
-    start_server: ServerFactory,
+    start_server: ServerFactory, tmp_path: Path
 ) -> None:
     probe = start_server(workers=1)
     boot_mb = _worker_rss_mb(probe.url)
@@ -66,6 +78,9 @@ def test_worker_recycled_on_rss_under_traffic_without_failed_requests(
     cap_mb = int(boot_mb) + 3
     server = start_server(
         {
+            # The cap is far below local.yaml's cleaner limits, which settings reject
+            # (a worker recycled before the cleaner acts); this test is about the cap alone.
+            "APP_CONFIG": str(_profile_without_memory_limits(tmp_path)),
             "APP_SERVER__MAX_WORKER_RSS_MB": str(cap_mb),
             # Either the check before each response's headers or the watchdog thread trips;
             # both go through app.core.draining (Connection: close first, then exit).
