@@ -20,7 +20,7 @@ class UserDataService:
     """Reads users through `cache` (a memsafe LRUCache) and falls back to the store.
 
     Unknown ids are cached too (as None), so a scan of missing ids cannot hammer SQLite.
-    Thread safety: the cache has its own lock; the store has one connection per thread.
+    Thread safety: the cache has its own lock; each store read borrows a pooled connection.
     """
 
     def __init__(
