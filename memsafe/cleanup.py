@@ -235,10 +235,17 @@ class MemoryCleanupService:
         """Start the background task on the running event loop (a second call does nothing).
 
         Raises:
-            RuntimeError: when no event loop is running in this thread.
+            RuntimeError: when no event loop is running in this thread, or when a task that
+                `stop()` abandoned (it ignored cancellation) still runs: never two loops.
         """
         if self.is_running:
-            return
+            if not self._stop_event.is_set():
+                return
+            msg = (
+                "MemoryCleanupService.start(): the previous cleanup task ignored cancellation "
+                "and is still running; not starting a second loop"
+            )
+            raise RuntimeError(msg)
         try:
             loop = asyncio.get_running_loop()
         except RuntimeError:
@@ -258,9 +265,10 @@ class MemoryCleanupService:
         """Stop the task, within ``shutdown_timeout_seconds`` even when a pass is running.
 
         A running pass gets half the budget to finish, then it is cancelled (a gc or trim
-        already running in its thread completes on its own, unobserved).
+        already running in its thread completes on its own, unobserved). A task that ignores
+        cancellation is abandoned but kept: `is_running` stays True until it ends.
         """
-        task, self._task = self._task, None
+        task = self._task
         if task is None:
             return
         self._stop_event.set()
@@ -270,9 +278,12 @@ class MemoryCleanupService:
             logger.warning("memory cleanup pass still running at shutdown; cancelling it")
             task.cancel()
             done, _ = await asyncio.wait({task}, timeout=half)
-        if not done:  # pragma: no cover - a pass that swallows CancelledError
-            logger.error("memory cleanup task ignored cancellation; abandoning it")
-        elif not task.cancelled() and task.exception() is not None:  # pragma: no cover
+        if not done:
+            logger.error("memory cleanup task ignored cancellation; abandoning it still running")
+            return
+        if self._task is task:
+            self._task = None
+        if not task.cancelled() and task.exception() is not None:  # pragma: no cover
             logger.error("memory cleanup task ended with %r", task.exception())
         logger.info("memory cleanup stopped after %d passes", self._passes)
 
@@ -467,6 +478,7 @@ def start_memory_cleanup(
     """
     global _default_service
     if _default_service is not None and _default_service.is_running:
+        _default_service.start()  # raises while a task that ignored cancellation still runs
         return _default_service
     names = {f.name for f in dataclasses.fields(CleanupConfig)}
     overrides = {k: v for k, v in kwargs.items() if k in names}
@@ -482,9 +494,13 @@ def start_memory_cleanup(
 async def stop_memory_cleanup() -> None:
     """Stop the process-wide cleanup service started by start_memory_cleanup (if any)."""
     global _default_service
-    service, _default_service = _default_service, None
-    if service is not None:
-        await service.stop()
+    service = _default_service
+    if service is None:
+        return
+    await service.stop()
+    # An abandoned task still running stays the default, so no second loop can start.
+    if not service.is_running and _default_service is service:
+        _default_service = None
 
 
 def default_cleanup_service() -> MemoryCleanupService | None:

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import subprocess
 import sys
 import textwrap
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -452,9 +454,11 @@ def test_loop_goes_on_after_failing_passes() -> None:
     manager.fail_times = 2
     service = _fast_service(manager, soft_limit_mb=100)
 
-    async def scenario() -> dict[str, Any]:
+    async def scenario() -> tuple[dict[str, Any], asyncio.Task[None] | None]:
         service.start()
+        task = service._task
         service.start()  # a second start is a no-op
+        assert service._task is task
         assert service.is_running
         for _ in range(500):
             if service.stats()["passes"] >= 4:
@@ -462,9 +466,11 @@ def test_loop_goes_on_after_failing_passes() -> None:
             await asyncio.sleep(0.01)
         await service.stop()
         await service.stop()  # stopping twice is harmless
-        return service.stats()
+        return service.stats(), task
 
-    stats = asyncio.run(scenario())
+    stats, task = asyncio.run(scenario())
+    assert task is not None
+    assert task.done()
     assert stats["failures"] == 2
     assert stats["passes"] >= 4
     assert stats["is_running"] is False
@@ -484,13 +490,82 @@ def test_stop_returns_within_the_timeout_even_mid_pass() -> None:
         FakeManager(), release=stuck_release, soft_limit_mb=100, shutdown_timeout_seconds=0.2
     )
 
-    async def scenario() -> bool:
+    async def scenario() -> tuple[float, asyncio.Task[None] | None, bool]:
         service.start()
+        task = service._task
         await asyncio.wait_for(entered.wait(), timeout=10)
-        await asyncio.wait_for(service.stop(), timeout=10)  # far below the 3600 s pass
-        return service.is_running
+        started = time.monotonic()
+        await service.stop()
+        return time.monotonic() - started, task, service.is_running
 
-    assert asyncio.run(scenario()) is False
+    elapsed, task, is_running = asyncio.run(scenario())
+    assert elapsed < 0.2 + 0.3  # shutdown_timeout_seconds plus scheduling slack
+    assert task is not None
+    assert task.cancelled()
+    assert is_running is False
+
+
+@pytest.mark.slow
+def test_a_pass_ignoring_cancellation_keeps_is_running_true_and_blocks_a_second_loop(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    entered = asyncio.Event()
+    may_finish = asyncio.Event()
+
+    async def stubborn_release(generation: int | None = 2, *, trim: bool = True) -> ReleaseResult:
+        entered.set()
+        while not may_finish.is_set():
+            with contextlib.suppress(asyncio.CancelledError):  # swallows stop()'s cancel
+                await may_finish.wait()
+        raise RuntimeError("released")
+
+    async def scenario() -> tuple[float, asyncio.Task[None] | None]:
+        try:
+            return await stop_then_restart()
+        finally:
+            may_finish.set()  # else asyncio.run would wait forever on the stubborn task
+
+    async def stop_then_restart() -> tuple[float, asyncio.Task[None] | None]:
+        service = cleanup.start_memory_cleanup(
+            interval_seconds=0.01,
+            soft_limit_mb=100,
+            shutdown_timeout_seconds=0.2,
+            manager=FakeManager(),
+            rss_probe=lambda: 150 * MIB,
+            container_probe=None,
+            recycle=lambda reason: None,
+            release=stubborn_release,
+        )
+        task = service._task
+        assert task is not None
+        await asyncio.wait_for(entered.wait(), timeout=10)
+        started = time.monotonic()
+        await cleanup.stop_memory_cleanup()
+        elapsed = time.monotonic() - started
+        assert service.is_running  # the abandoned task is still alive
+        assert service.stats()["is_running"] is True
+        assert cleanup.default_cleanup_service() is service
+        with pytest.raises(RuntimeError, match="still running"):
+            service.start()
+        with pytest.raises(RuntimeError, match="still running"):
+            cleanup.start_memory_cleanup()
+        assert service._task is task
+        may_finish.set()
+        await asyncio.wait_for(asyncio.wait({task}), timeout=10)
+        assert not service.is_running
+        service.start()  # the old loop has ended: a new one may start
+        assert service._task is not task
+        await cleanup.stop_memory_cleanup()
+        assert not service.is_running
+        assert cleanup.default_cleanup_service() is None
+        return elapsed, task
+
+    with caplog.at_level(logging.ERROR, logger="memsafe.cleanup"):
+        elapsed, task = asyncio.run(scenario())
+    assert elapsed < 0.2 + 0.3  # shutdown_timeout_seconds plus scheduling slack
+    assert task is not None
+    assert task.done()
+    assert "ignored cancellation" in caplog.text
 
 
 def test_seed_functions_start_and_stop_one_default_service(fake_clock: FakeClock) -> None:
