@@ -129,7 +129,7 @@ def _async_wrapper(
 ) -> Callable[..., Any]:
     # Keyed by (loop, key): a task belongs to one event loop and can only be awaited there.
     # Within one loop no await separates the cache miss from the table lookup, and a task
-    # stores its value before its done-callback leaves the table, so no second call can start.
+    # stores its value before it is done, so no second call starts while one is in flight.
     tasks: dict[tuple[asyncio.AbstractEventLoop, Hashable], asyncio.Task[Any]] = {}
     lock = threading.Lock()
 
@@ -148,7 +148,9 @@ def _async_wrapper(
         slot = (loop, k)
         with lock:
             task = tasks.get(slot)
-            if task is None:
+            # A done task is still listed until its done-callback runs (call_soon): a failure
+            # must not reach a caller arriving in between, so such a caller starts a new call.
+            if task is None or task.done():
                 task = loop.create_task(load(k, args, kwargs))
                 tasks[slot] = task
 

@@ -206,6 +206,41 @@ def test_async_exceptions_reach_every_waiter_and_are_not_cached() -> None:
     assert calls == [1, 1]
 
 
+def test_a_caller_arriving_after_a_failure_before_cleanup_starts_a_new_call() -> None:
+    # asyncio runs ready callbacks in FIFO order: the late caller, woken by the same gate as the
+    # failing call, runs after that call's task is done but before its done-callback removes
+    # it from the in-flight table. It must start a new call, not get the finished exception.
+    cache: LRUCache[Any, Any] = LRUCache(10)
+    calls: list[int] = []
+
+    async def main() -> BaseException | None:
+        gate = asyncio.Event()
+
+        @cached(cache)
+        async def load(x: int) -> int:
+            calls.append(x)
+            await gate.wait()
+            raise RuntimeError(f"backend down (call {len(calls)})")
+
+        async def late_caller() -> int:
+            await gate.wait()
+            return await load(1)
+
+        first = asyncio.create_task(load(1))
+        for _ in range(2):
+            await asyncio.sleep(0)  # the shared call starts and waits on the gate
+        late = asyncio.create_task(late_caller())
+        await asyncio.sleep(0)  # the late caller waits on the gate after it
+        gate.set()
+        await asyncio.gather(first, late, return_exceptions=True)
+        assert isinstance(first.exception(), RuntimeError)
+        return late.exception()
+
+    late_error = asyncio.run(main())
+    assert calls == [1, 1]
+    assert str(late_error) == "backend down (call 2)"
+
+
 def test_a_cancelled_caller_does_not_cancel_the_shared_call() -> None:
     cache: LRUCache[Any, Any] = LRUCache(10)
     calls: list[int] = []
