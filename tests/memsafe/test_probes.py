@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import ctypes
+import gc
 import json
 import os
 import pathlib
@@ -429,12 +430,28 @@ def test_real_cgroup_v1_child_with_512_mib_limit() -> None:
 # --- release_memory -------------------------------------------------------------------------
 
 
+class _Cycle:
+    def __init__(self) -> None:
+        self.me = self
+
+
 def test_release_memory_reports_what_it_did() -> None:
-    result = release_memory()
+    was_enabled = gc.isenabled()
+    gc.disable()  # so no automatic collection takes the cycles before release_memory does
+    try:
+        for _ in range(10):
+            _Cycle()
+        started = time.perf_counter()
+        result = release_memory()
+        elapsed = time.perf_counter() - started
+    finally:
+        if was_enabled:
+            gc.enable()
     assert isinstance(result, ReleaseResult)
     assert result.freed_bytes == max(0, result.rss_before_bytes - result.rss_after_bytes)
-    assert result.collected >= 0
-    assert result.seconds >= 0
+    assert result.collected >= 10
+    assert isinstance(result.seconds, float)
+    assert 0 < result.seconds <= elapsed  # timed inside the call, so within the caller's timing
     assert result.trimmed is (probes._load_malloc_trim() is not None)
 
 
@@ -487,16 +504,19 @@ def test_release_memory_async_runs_off_the_loop_thread() -> None:
 
     loop_thread = threading.get_ident()
     seen: list[int] = []
+    returned: list[ReleaseResult] = []
     real = probes.release_memory
 
     def spy(generation: int | None = 2, *, trim: bool = True) -> ReleaseResult:
         seen.append(threading.get_ident())
-        return real(generation, trim=trim)
+        returned.append(real(generation, trim=trim))
+        return returned[-1]
 
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(probes, "release_memory", spy)
         result = asyncio.run(release_memory_async(0, trim=False))
-    assert result.collected >= 0
+    assert len(returned) == 1
+    assert result is returned[0]  # the worker thread's result, passed through unchanged
     assert seen and seen[0] != loop_thread
 
 
