@@ -335,6 +335,8 @@ class MetricSummary:
 
     Percentiles interpolate linearly between closest ranks, like ``statistics.quantiles(...,
     method="inclusive")`` and numpy's default.
+
+    Thread safety: immutable (a frozen dataclass), so safe to share across threads.
     """
 
     count: int

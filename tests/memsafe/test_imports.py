@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import ast
+import inspect
 import pathlib
+from typing import is_typeddict
 
 import memsafe
 
@@ -38,3 +40,17 @@ def test_public_api_is_exactly_all() -> None:
     public = {n for n in vars(memsafe) if not n.startswith("_")} - {"annotations"}
     modules = {n for n in public if type(getattr(memsafe, n)).__name__ == "module"}
     assert public - modules == set(memsafe.__all__)
+
+
+def test_every_public_class_states_its_concurrency_contract() -> None:
+    # House style: each memsafe class says in one sentence how it behaves across threads.
+    # TypedDicts and Protocols are plain data shapes and interfaces, not implementations.
+    missing = [
+        name
+        for name in memsafe.__all__
+        if inspect.isclass(cls := getattr(memsafe, name))
+        and not is_typeddict(cls)
+        and not getattr(cls, "_is_protocol", False)
+        and "Thread safety:" not in (cls.__doc__ or "")
+    ]
+    assert missing == []
