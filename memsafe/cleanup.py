@@ -6,13 +6,13 @@ import asyncio
 import dataclasses
 import itertools
 import logging
-import math
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Final, Literal, Protocol
 
+from memsafe._checks import _check_number
 from memsafe._clock import Clock
 from memsafe.probes import (
     ContainerMemory,
@@ -39,20 +39,6 @@ class CacheManagerLike(Protocol):
     def expire_all(self) -> int: ...
 
     def shrink_all(self, fraction: float) -> int: ...
-
-
-def _check_number(name: str, value: object, *, low: float, high: float, low_open: bool) -> float:
-    """Return ``value`` as a float when it lies in the allowed range, else raise naming it."""
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        msg = f"{name} must be a number, got {value!r} ({type(value).__name__})"
-        raise TypeError(msg)
-    number = float(value)
-    too_low = number <= low if low_open else number < low
-    if math.isnan(number) or too_low or number > high:
-        bracket = "(" if low_open else "["
-        msg = f"{name} must be in {bracket}{low:g}, {high:g}], got {value!r}"
-        raise ValueError(msg)
-    return number
 
 
 def _check_ordered(names: tuple[str, ...], config: CleanupConfig) -> None:
