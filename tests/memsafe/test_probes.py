@@ -154,8 +154,10 @@ def test_forked_child_reads_its_own_memory() -> None:
             # mappings, so a child starts below its parent's RSS.
             child_before = process_rss_bytes()
             block = bytearray(96 * MIB)
+            me = psutil.Process()
+            me.memory_info()  # psutil's first call allocates: keep that out of the comparison
             ours = process_rss_bytes()
-            theirs = psutil.Process().memory_info().rss
+            theirs = me.memory_info().rss
             os.write(write_end, json.dumps([child_before, ours, theirs, len(block)]).encode())
             code = 0
         finally:
@@ -166,7 +168,8 @@ def test_forked_child_reads_its_own_memory() -> None:
     _, status = os.waitpid(pid, 0)
     assert os.waitstatus_to_exitcode(status) == 0
     figures = {"child_before": child_before, "child_statm": ours, "child_psutil": theirs}
-    assert abs(ours - theirs) <= 64 * PAGE, figures
+    # 1 MiB of slack for allocations between the two reads: the signal tested is 96 MiB.
+    assert abs(ours - theirs) <= MIB, figures
     # A descriptor still reading the parent's statm would show no growth here.
     assert ours - child_before >= 64 * MIB, figures
     parent_now = process_rss_bytes()
