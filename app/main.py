@@ -7,7 +7,7 @@ import contextlib
 import logging
 import os
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -232,15 +232,23 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     return app
 
 
-_app: FastAPI | None = None
+def lazy_app_getattr(module_name: str, factory: Callable[[], FastAPI]) -> Callable[[str], Any]:
+    """A module `__getattr__` that builds `app` with `factory` on first access, then keeps it.
+
+    `gunicorn module:app` then reads settings when it loads the app, not at import; a module
+    exposes its app with `__getattr__ = lazy_app_getattr(__name__, factory)`.
+    """
+    built: list[FastAPI] = []
+
+    def module_getattr(name: str) -> Any:
+        if name != "app":
+            msg = f"module {module_name!r} has no attribute {name!r}"
+            raise AttributeError(msg)
+        if not built:
+            built.append(factory())
+        return built[0]
+
+    return module_getattr
 
 
-def __getattr__(name: str) -> Any:
-    """`app`, built on first access: `gunicorn app.main:app` reads settings then, not at import."""
-    global _app
-    if name == "app":
-        if _app is None:
-            _app = create_app()
-        return _app
-    msg = f"module {__name__!r} has no attribute {name!r}"
-    raise AttributeError(msg)
+__getattr__ = lazy_app_getattr(__name__, create_app)

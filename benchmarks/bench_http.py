@@ -30,15 +30,13 @@ import psutil
 
 from app.api.routes.users import User
 from app.core.config import get_settings
-from app.main import create_app
+from app.main import create_app, lazy_app_getattr
 from app.store import UserStore, ensure_seeded
 
 ROOT = Path(__file__).resolve().parent.parent
 GUNICORN = Path(sys.executable).parent / "gunicorn"
 MIB = 1024 * 1024
 HOT_IDS = 200  # ids the users run cycles through, all cached after warm-up
-
-_app: Any = None
 
 
 def _build_app() -> Any:
@@ -57,14 +55,7 @@ def _build_app() -> Any:
     return application
 
 
-def __getattr__(name: str) -> Any:
-    global _app
-    if name == "app":
-        if _app is None:
-            _app = _build_app()
-        return _app
-    msg = f"module {__name__!r} has no attribute {name!r}"
-    raise AttributeError(msg)
+__getattr__ = lazy_app_getattr(__name__, _build_app)
 
 
 def _free_port() -> int:

@@ -7,9 +7,10 @@ loadtests.leaky_app:app` must end in FAIL. LEAKY_APP_KIB_PER_REQUEST sets the le
 from __future__ import annotations
 
 import os
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from app.main import create_app as _create_real_app
+from app.main import lazy_app_getattr
 
 if TYPE_CHECKING:
     from fastapi import FastAPI
@@ -49,15 +50,5 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     return app
 
 
-_app: FastAPI | None = None
-
-
-def __getattr__(name: str) -> Any:
-    # `gunicorn loadtests.leaky_app:app` reads `app`: build it on first access, like app.main.
-    global _app
-    if name == "app":
-        if _app is None:
-            _app = create_app()
-        return _app
-    msg = f"module {__name__!r} has no attribute {name!r}"
-    raise AttributeError(msg)
+# `gunicorn loadtests.leaky_app:app` reads `app`: built on first access, like app.main's.
+__getattr__ = lazy_app_getattr(__name__, create_app)
