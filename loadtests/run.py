@@ -30,6 +30,7 @@ from loadtests.report import build_summary, relative_history, write_memory_csv
 from loadtests.server import (
     REPO_ROOT,
     CacheReport,
+    CacheWatcher,
     cache_report,
     free_port,
     payload_bound_kib,
@@ -153,6 +154,8 @@ def _load(
         baseline = cache_report(port) if settings.prefill else CacheReport()
         out.load_start_seconds = sampler.elapsed_seconds()
         locust = start_locust(settings, port=port, out_dir=out_dir, payload_kib=payload_kib)
+        watcher = CacheWatcher(port)
+        watcher.start()
         try:
             timeout = settings.duration_seconds + LOCUST_GRACE_SECONDS
             out.locust_code = wait_locust(locust, sampler, fatal, timeout)
@@ -167,9 +170,10 @@ def _load(
         finally:
             if locust.poll() is None:
                 stop_process(locust, timeout=10)
+            seen = watcher.stop()
         sampler.stop()
         if not fatal.is_set() and out.interrupted is None:
-            out.caches = cache_report(port).since(baseline)
+            out.caches = seen.since(baseline)
     finally:
         if out.sampler is not None:
             out.sampler.stop()

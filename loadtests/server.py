@@ -9,6 +9,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -156,6 +157,46 @@ class CacheReport:
             misses += max(0, pid_misses - base_misses)
         rate = hits / (hits + misses) if hits + misses else None
         return replace(self, hit_rate=rate)
+
+    def merged(self, newer: CacheReport) -> CacheReport:
+        """`newer`, also counting the workers only this report saw (e.g. since recycled)."""
+        counts = {**self.counts, **newer.counts}
+        hits = sum(h for h, _ in counts.values())
+        misses = sum(m for _, m in counts.values())
+        rate = hits / (hits + misses) if hits + misses else None
+        return replace(newer, counts=counts, hit_rate=rate)
+
+
+class CacheWatcher:
+    """Polls the workers' cache counts during the load, so recycled workers still count.
+
+    A worker replaced by a recycle takes its counters with it; the last counts seen of it
+    stay in the report. Thread safety: one background thread writes `report`; read it after
+    stop().
+    """
+
+    def __init__(self, port: int, *, interval_seconds: float = 5.0, probes: int = 6) -> None:
+        self._port = port
+        self._interval_seconds = interval_seconds
+        self._probes = probes
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="cache-watcher", daemon=True)
+        self.report = CacheReport()
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> CacheReport:
+        """Stop polling, take one last full report, and return everything seen."""
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout=self._interval_seconds + 30)
+        self.report = self.report.merged(cache_report(self._port))
+        return self.report
+
+    def _run(self) -> None:
+        while not self._stop.wait(self._interval_seconds):
+            self.report = self.report.merged(cache_report(self._port, probes=self._probes))
 
 
 def cache_report(port: int, *, probes: int = HEALTH_PROBES) -> CacheReport:
