@@ -5,6 +5,7 @@ The public API is exactly ``__all__``. memsafe imports only the standard library
 
 from __future__ import annotations
 
+from memsafe._routes import method_key, route_template
 from memsafe.bounded import BoundedDict, BoundedList, MetricsCollector, MetricSummary
 from memsafe.cache import CacheStats, LRUCache
 from memsafe.cleanup import (
@@ -59,10 +60,12 @@ __all__ = [
     "container_memory",
     "default_monitor",
     "memory_monitor",
+    "method_key",
     "process_rss_bytes",
     "release_memory",
     "release_memory_async",
     "request_worker_exit",
+    "route_template",
     "singleton_stats",
     "start_memory_cleanup",
     "stop_memory_cleanup",

@@ -22,18 +22,14 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 
+from memsafe import method_key, route_template
+
 if TYPE_CHECKING:
     from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 LATENCY_BUCKETS_SECONDS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 UNMATCHED_ROUTE = "<unmatched>"
 OTHER_ROUTE = "<other>"
-OTHER_METHOD = "OTHER"
-# Methods are client-chosen strings: any outside the standard set share one label so a client
-# cannot grow the series by inventing methods (same rule as memsafe's MemoryMonitor).
-KNOWN_METHODS = frozenset(
-    {"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "TRACE", "CONNECT"}
-)
 
 Snapshot = dict[str, Any]
 SHARED_DIR_MODE = 0o700  # only this user: the directory sits in world-writable /dev/shm
@@ -65,7 +61,8 @@ class RequestMetrics:
     def observe(self, method: str, route: str, status: int, seconds: float) -> None:
         """Count one finished request and its latency."""
         bucket = bisect.bisect_left(LATENCY_BUCKETS_SECONDS, seconds)
-        method = method if method in KNOWN_METHODS else OTHER_METHOD
+        # Methods are client-chosen: memsafe's rule folds non-standard ones into "OTHER".
+        method = method_key(method)
         with self._lock:
             if route not in self._routes:
                 if len(self._routes) >= self.max_routes:
@@ -113,9 +110,10 @@ class RequestMetricsMiddleware:
         try:
             await self.app(scope, receive, send_status)
         finally:
-            route = scope.get("route")
-            template = getattr(route, "path", None) or UNMATCHED_ROUTE
-            self.metrics.observe(scope["method"], template, status, time.perf_counter() - started)
+            # The same template rule as memsafe's monitor (mounted apps included).
+            template = route_template(scope.get("route"), scope.get("root_path"))
+            elapsed = time.perf_counter() - started
+            self.metrics.observe(scope["method"], template or UNMATCHED_ROUTE, status, elapsed)
 
 
 class LiveCollector(Collector):

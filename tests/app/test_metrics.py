@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
+from fastapi import FastAPI
 from prometheus_client.parser import text_string_to_metric_families
 
 import app.main as main_module
@@ -20,6 +21,7 @@ from app.core.metrics import (
     OTHER_ROUTE,
     UNMATCHED_ROUTE,
     RequestMetrics,
+    RequestMetricsMiddleware,
     SharedSnapshots,
     UnsafeDirectoryError,
 )
@@ -252,3 +254,22 @@ def test_worker_with_unsafe_shared_directory_serves_own_metrics(
         assert c.app.state.runtime.shared is None  # type: ignore[attr-defined]  # FastAPI app
     assert list(target.iterdir()) == []
     assert any("per-worker" in record.getMessage() for record in caplog.records)
+
+
+def test_a_mounted_app_is_labelled_by_its_full_template() -> None:
+    # The old copy of the rule read route.path and lost the mount's prefix.
+    inner = FastAPI()
+
+    @inner.get("/items/{item_id}")
+    async def item(item_id: int) -> dict[str, int]:
+        return {"id": item_id}
+
+    outer = FastAPI()
+    outer.mount("/v1", inner)
+    metrics = RequestMetrics()
+    outer.add_middleware(RequestMetricsMiddleware, metrics=metrics)
+    with TestClient(outer) as client:
+        assert client.get("/v1/items/3").status_code == 200
+        assert client.get("/nowhere").status_code == 404
+    routes = {row[1] for row in metrics.snapshot()["requests"]}
+    assert routes == {"/v1/items/{item_id}", "<unmatched>"}
