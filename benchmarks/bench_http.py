@@ -16,7 +16,6 @@ import argparse
 import asyncio
 import os
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -32,6 +31,7 @@ from app.api.routes.users import User
 from app.core.config import get_settings
 from app.main import create_app, lazy_app_getattr
 from app.store import UserStore, ensure_seeded
+from loadtests.server import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 GUNICORN = Path(sys.executable).parent / "gunicorn"
@@ -58,13 +58,6 @@ def _build_app() -> Any:
 __getattr__ = lazy_app_getattr(__name__, _build_app)
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 @dataclass
 class Server:
     process: subprocess.Popen[bytes]
@@ -82,7 +75,7 @@ class Server:
 
 
 def start_server(data_dir: Path, env_overrides: dict[str, str], workers: int) -> Server:
-    port = _free_port()
+    port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("APP_")}
     env.update(
         {

@@ -5,13 +5,13 @@ from __future__ import annotations
 import os
 import pathlib
 import signal
-import socket
 import subprocess
 import time
 import urllib.request
 
 import pytest
 
+from loadtests.server import free_port
 from tests.deploy.dockerfile import Stage, parse
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
@@ -78,20 +78,13 @@ def test_dockerignore_keeps_tests_reports_and_venv_out() -> None:
     assert {".venv", "tests", "reports", ".git"} <= ignored
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 @pytest.mark.slow
 @pytest.mark.e2e
 def test_the_image_start_command_serves_health(runtime: Stage, tmp_path: pathlib.Path) -> None:
     """Run the CMD exactly as the image would, with the image's ENV, outside a container."""
     cmd = runtime.exec_form("CMD")
     assert cmd is not None
-    port = _free_port()
+    port = free_port()
     env = {
         **os.environ,
         **{k: v for k, v in runtime.env().items() if k != "PATH"},

@@ -9,7 +9,6 @@ import logging
 import os
 import pathlib
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -19,6 +18,8 @@ from dataclasses import dataclass, field
 
 import psutil
 import pytest
+
+from loadtests.server import free_port
 
 pytestmark = [pytest.mark.slow, pytest.mark.e2e]
 logger = logging.getLogger(__name__)
@@ -53,13 +54,6 @@ class Server:
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def _get(port: int, conn: http.client.HTTPConnection | None = None) -> int:
@@ -134,7 +128,7 @@ def _gunicorn(
     tmp_path: pathlib.Path, worker_class: str, *, is_app_check: bool, interval: str
 ) -> Iterator[Server]:
     """gunicorn with two workers; the app wrapper is on unless the app checks by itself."""
-    port = _free_port()
+    port = free_port()
     log_path = tmp_path / "gunicorn.log"
     env = {
         **os.environ,

@@ -13,7 +13,8 @@ import psutil
 import pytest
 import yaml
 
-from tests.e2e.conftest import GUNICORN, ROOT, ServerFactory, free_port
+from loadtests.server import free_port
+from tests.e2e.conftest import GUNICORN, ROOT, ServerFactory
 
 pytestmark = [pytest.mark.slow, pytest.mark.e2e]
 MIB = 1024 * 1024
