@@ -6,7 +6,6 @@ import json
 import sqlite3
 import threading
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -20,6 +19,7 @@ from loadtests.prefill import (
     run_prefill,
     store_user_ids,
 )
+from tests.loadtests.fakes import JSONHandler, serving
 
 
 class _Clock:
@@ -127,7 +127,7 @@ def test_store_user_ids_reads_the_largest_id_of_the_store(tmp_path: Path) -> Non
     assert store_user_ids(missing, "starter") == 77
 
 
-class _FakeWorkers(BaseHTTPRequestHandler):
+class _FakeWorkers(JSONHandler):
     """Two "workers" behind one port: a connection belongs to the worker that accepted it."""
 
     protocol_version = "HTTP/1.1"  # keep-alive, like gunicorn
@@ -154,13 +154,7 @@ class _FakeWorkers(BaseHTTPRequestHandler):
                 while len(cache) > self.max_size:
                     cache.pop()
                 body = b"{}"
-        self.send_response(200)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, format: str, *args: object) -> None:
-        pass
+        self.send_json(body)
 
 
 @pytest.fixture
@@ -168,13 +162,8 @@ def fake_workers() -> Iterator[int]:
     _FakeWorkers.caches.clear()
     _FakeWorkers.accepted[0] = 0
     _FakeWorkers.requests[0] = 0
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _FakeWorkers)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield int(server.server_address[1])
-    server.shutdown()
-    server.server_close()
-    thread.join()
+    with serving(_FakeWorkers) as port:
+        yield port
 
 
 @pytest.mark.slow

@@ -6,9 +6,7 @@ import csv
 import itertools
 import json
 import subprocess
-import threading
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -20,6 +18,7 @@ from loadtests.report import write_memory_csv
 from loadtests.run import build_parser
 from loadtests.server import cache_report, payload_bound_kib, server_env, stop_process
 from loadtests.thresholds import LoadSettings, Plan
+from tests.loadtests.fakes import JSONHandler, serving
 
 STATS_HEADER = ["Type", "Name", "Request Count", "Failure Count", "Max Response Time",
                 "Requests/s", "50%", "95%", "99%"]  # fmt: skip
@@ -117,7 +116,7 @@ def test_cli_flags_match_the_makefile_names(monkeypatch: pytest.MonkeyPatch) -> 
     assert (args.users, args.max_rss_mb, args.max_p95_ms) == (20, 350.0, None)
 
 
-class _Health(BaseHTTPRequestHandler):
+class _Health(JSONHandler):
     pids = itertools.cycle([11, 22])
 
     def do_GET(self) -> None:
@@ -129,24 +128,13 @@ class _Health(BaseHTTPRequestHandler):
                 "totals": {"hits": 90 if pid == 11 else 30, "misses": 10 if pid == 11 else 70},
             },
         }).encode()  # fmt: skip
-        self.send_response(200)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, format: str, *args: object) -> None:
-        pass
+        self.send_json(body)
 
 
 @pytest.fixture
 def health_server() -> Iterator[int]:
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _Health)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield int(server.server_address[1])
-    server.shutdown()
-    server.server_close()
-    thread.join()
+    with serving(_Health) as port:
+        yield port
 
 
 @pytest.mark.slow
