@@ -66,20 +66,16 @@ def _check_positive_int(name: str, value: object) -> int:
     return value
 
 
-class BoundedList(Generic[E]):
-    """Append-only list of at most ``max_size`` items; appending to a full list drops the oldest.
+class _Capacity:
+    """What every bounded container here shares: a fixed capacity, a drop count, a lock.
 
-    Backed by ``collections.deque(maxlen=max_size)``, so append is O(1) and never reallocates
-    beyond the bound. ``dropped`` counts items pushed out at capacity (``clear()`` is not a drop).
-
-    Thread safety: every public method holds the list's lock; iteration walks a snapshot.
+    Thread safety: ``dropped`` is read under the container's lock.
     """
 
-    __slots__ = ("_dropped", "_items", "_lock", "_max_size")
+    __slots__ = ("_dropped", "_lock", "_max_size")
 
-    def __init__(self, max_size: int, *, lock: AbstractContextManager[Any] | None = None) -> None:
+    def __init__(self, max_size: int, lock: AbstractContextManager[Any] | None) -> None:
         self._max_size = _check_positive_int("max_size", max_size)
-        self._items: deque[E] = deque(maxlen=self._max_size)
         self._dropped = 0
         self._lock: AbstractContextManager[Any] = threading.RLock() if lock is None else lock
 
@@ -90,9 +86,25 @@ class BoundedList(Generic[E]):
 
     @property
     def dropped(self) -> int:
-        """How many items were pushed out because the list was full."""
+        """How many items were evicted because the container was full."""
         with self._lock:
             return self._dropped
+
+
+class BoundedList(_Capacity, Generic[E]):
+    """Append-only list of at most ``max_size`` items; appending to a full list drops the oldest.
+
+    Backed by ``collections.deque(maxlen=max_size)``, so append is O(1) and never reallocates
+    beyond the bound. ``dropped`` counts items pushed out at capacity (``clear()`` is not a drop).
+
+    Thread safety: every public method holds the list's lock; iteration walks a snapshot.
+    """
+
+    __slots__ = ("_items",)
+
+    def __init__(self, max_size: int, *, lock: AbstractContextManager[Any] | None = None) -> None:
+        super().__init__(max_size, lock)
+        self._items: deque[E] = deque(maxlen=self._max_size)
 
     def append(self, item: E) -> None:
         """Add ``item`` at the end, dropping the oldest item when full."""
@@ -142,7 +154,7 @@ class BoundedList(Generic[E]):
         return f"{type(self).__name__}(max_size={self._max_size}, size={len(self)})"
 
 
-class BoundedDict(MutableMapping[K, V]):
+class BoundedDict(_Capacity, MutableMapping[K, V]):
     """Mapping of at most ``max_size`` entries that evicts by ``policy`` when a new key arrives.
 
     ``policy="lru"``: reads (``d[k]``, ``get``) and writes refresh a key; the least recently used
@@ -157,7 +169,7 @@ class BoundedDict(MutableMapping[K, V]):
     ``update()``, which stores its items one locked ``__setitem__`` at a time.
     """
 
-    __slots__ = ("_data", "_dropped", "_is_lru", "_lock", "_max_size", "_policy")
+    __slots__ = ("_data", "_is_lru", "_policy")
 
     def __init__(
         self,
@@ -166,31 +178,18 @@ class BoundedDict(MutableMapping[K, V]):
         *,
         lock: AbstractContextManager[Any] | None = None,
     ) -> None:
-        self._max_size = _check_positive_int("max_size", max_size)
+        super().__init__(max_size, lock)
         if policy not in POLICIES:
             msg = f"policy must be one of {POLICIES!r}, got {policy!r}"
             raise ValueError(msg)
         self._policy: Policy = policy
         self._is_lru = policy == "lru"
         self._data: OrderedDict[K, V] = OrderedDict()
-        self._dropped = 0
-        self._lock: AbstractContextManager[Any] = threading.RLock() if lock is None else lock
-
-    @property
-    def max_size(self) -> int:
-        """The capacity fixed at construction."""
-        return self._max_size
 
     @property
     def policy(self) -> Policy:
         """``"lru"`` or ``"fifo"``."""
         return self._policy
-
-    @property
-    def dropped(self) -> int:
-        """How many entries were evicted because the dict was full."""
-        with self._lock:
-            return self._dropped
 
     def _read(self, key: K) -> V:
         """The value for ``key``, refreshed under LRU; KeyError if absent; lock held."""
