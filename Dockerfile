@@ -14,6 +14,7 @@ RUN python -m venv /opt/venv \
 # ---- runtime ----
 FROM python:3.11-slim AS runtime
 # PYTHONUNBUFFERED: log lines reach Render's log stream at once.
+# HOST=0.0.0.0: Render routes to $PORT on every interface (`make run` uses 127.0.0.1).
 # MALLOC_ARENA_MAX=2: fewer glibc arenas, about 20% less RSS on a threaded workload here.
 # Ref: https://www.gnu.org/software/libc/manual/html_node/Memory-Allocation-Tunables.html
 ENV PYTHONUNBUFFERED=1 \
@@ -21,6 +22,7 @@ ENV PYTHONUNBUFFERED=1 \
     MALLOC_ARENA_MAX=2 \
     PATH=/opt/venv/bin:$PATH \
     APP_CONFIG=config/starter.yaml \
+    HOST=0.0.0.0 \
     PORT=10000
 # Ref: https://docs.docker.com/develop/develop-images/instructions/#user
 RUN groupadd --system --gid 10001 app \

@@ -8,6 +8,9 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-dev
 PROFILE ?= local
 PORT ?= 8000
+# make run/dev listen on loopback only (override: make run HOST=0.0.0.0); the image and Render
+# bind 0.0.0.0 (Dockerfile ENV HOST). `:=` so a shell HOST (zsh: the machine name) is ignored.
+HOST := 127.0.0.1
 IMAGE ?= render-memsafe-template
 
 .PHONY: help install run dev test test-fast lint fmt typecheck check bench bench-http \
@@ -27,10 +30,10 @@ $(STAMP): requirements/dev.lock
 install: $(STAMP) ## Create .venv and install the locked dependencies (only when the lock changed)
 
 run: $(STAMP) ## Serve the app through gunicorn on http://127.0.0.1:8000 (PROFILE=local)
-	APP_CONFIG=config/$(PROFILE).yaml PORT=$(PORT) $(BIN)/gunicorn -c config/gunicorn.conf.py app.main:app
+	APP_CONFIG=config/$(PROFILE).yaml HOST=$(HOST) PORT=$(PORT) $(BIN)/gunicorn -c config/gunicorn.conf.py app.main:app
 
 dev: $(STAMP) ## Serve the app with uvicorn --reload (development only)
-	APP_CONFIG=config/$(PROFILE).yaml $(BIN)/uvicorn app.main:app --reload --host 127.0.0.1 --port $(PORT)
+	APP_CONFIG=config/$(PROFILE).yaml $(BIN)/uvicorn app.main:app --reload --host $(HOST) --port $(PORT)
 
 test: $(STAMP) ## Run the whole test suite with memsafe branch coverage (>= 90%)
 	$(BIN)/pytest --cov=memsafe --cov-branch --cov-report=term --cov-fail-under=90

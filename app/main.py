@@ -13,10 +13,10 @@ from typing import Any
 
 from fastapi import FastAPI
 from prometheus_client import CollectorRegistry
-from starlette.concurrency import run_in_threadpool
 
 from app.api.deps import AppState
-from app.api.routes import admin, health, metrics, payload, users
+from app.api.errors import add_error_handlers
+from app.api.routes import admin, docs, health, metrics, payload, users
 from app.core.config import MIB, Settings, get_settings, log_settings
 from app.core.draining import DrainMiddleware, worker_drain
 from app.core.logging import RequestIdMiddleware, configure_logging
@@ -29,6 +29,7 @@ from app.core.metrics import (
     UnsafeDirectoryError,
     shared_snapshot_dir,
 )
+from app.core.startup import guard_startup
 from app.services.users import UserDataService
 from app.store import UserStore, ensure_seeded
 from app.version import VERSION
@@ -81,7 +82,9 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     settings = state.settings
     store_settings = settings.store
     # Seeding takes ~0.1 s once per fresh clone; under gunicorn on_starting has done it already.
-    await run_in_threadpool(ensure_seeded, store_settings.path, store_settings.seed_users)
+    # Inline, not in the threadpool: nothing is served before start-up ends, and a threadpool
+    # thread left behind by a failed start-up kept the worker process alive (issue 10).
+    ensure_seeded(store_settings.path, store_settings.seed_users)
     budget_mb = settings.caches.total_budget_mb
     manager = CacheManager(max_total_bytes=budget_mb * MIB if budget_mb is not None else None)
     cache_settings = settings.caches.users
@@ -190,8 +193,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app = FastAPI(
         title="Render memsafe FastAPI template",
         version=VERSION,
-        lifespan=lifespan,
+        lifespan=guard_startup(lifespan),
+        # Served by app/api/routes/docs.py when the docs.* keys say so (off on Render).
+        openapi_url=None,
+        docs_url=None,
+        redoc_url=None,
     )
+    add_error_handlers(app, settings)
     monitor_settings = settings.monitor
     monitor = MemoryMonitor(
         alert_delta_mb=monitor_settings.alert_delta_mb,
@@ -211,9 +219,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     registry.register(LiveCollector(lambda: _snapshot(state), lambda pid: _others(state, pid)))
     app.state.prometheus_registry = registry
 
+    app.include_router(docs.build_router(settings.docs))
     app.include_router(health.router)
     app.include_router(users.router)
-    app.include_router(payload.router)
+    app.include_router(payload.build_router(settings.payload.max_size_kib))
     app.include_router(metrics.router)
     if settings.admin.token is not None:
         app.include_router(admin.router)

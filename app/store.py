@@ -50,6 +50,35 @@ CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 User = dict[str, Any]
 
 
+class StoreUnavailableError(RuntimeError):
+    """The backing database cannot answer (corrupt or missing file, server down).
+
+    The app answers 503 `{"error": "store_unavailable"}` for it and /health marks the `store`
+    check failing; every store raises it (never the driver's own error) so callers need one
+    except clause. The message names the store and the driver's reason.
+    """
+
+
+# SQLite primary result codes that mean the database cannot answer, whatever the query:
+# BUSY, LOCKED, NOMEM, IOERR, CORRUPT, FULL, CANTOPEN, PROTOCOL, NOTADB. Others (a syntax
+# error, a write to a read-only connection) are bugs and stay the driver's own error.
+# Ref: https://www.sqlite.org/rescode.html
+_UNAVAILABLE_CODES = frozenset({5, 6, 7, 10, 11, 13, 14, 15, 26})
+
+
+def _is_unavailable(exc: sqlite3.Error) -> bool:
+    code = getattr(exc, "sqlite_errorcode", None)
+    return isinstance(code, int) and code & 0xFF in _UNAVAILABLE_CODES
+
+
+def _unavailable(path: Path, exc: BaseException) -> StoreUnavailableError:
+    msg = (
+        f"store {str(path)!r} cannot answer: {type(exc).__name__}: {exc}; allowed: a readable "
+        "SQLite database (restore the file, or delete it to re-seed the demo users)"
+    )
+    return StoreUnavailableError(msg)
+
+
 def _demo_user(user_id: int, rng: random.Random) -> tuple[int, str, str, str, str]:
     first, last = rng.choice(_FIRST), rng.choice(_LAST)
     day = 1 + user_id % 28
@@ -75,6 +104,10 @@ def ensure_seeded(path: Path, users: int) -> bool:
         fcntl.flock(lock_file, fcntl.LOCK_EX)
         try:
             return _seed_locked(path, users)
+        except sqlite3.Error as exc:
+            if _is_unavailable(exc):
+                raise _unavailable(path, exc) from None
+            raise
         finally:
             fcntl.flock(lock_file, fcntl.LOCK_UN)
 
@@ -156,16 +189,26 @@ class UserStore:
         if conn is None:
             try:
                 conn = self._connect()
-            except BaseException:
+            except BaseException as exc:
                 with self._cond:
                     self._open -= 1
                     self._cond.notify()
+                if isinstance(exc, sqlite3.Error) and _is_unavailable(exc):
+                    raise _unavailable(self.path, exc) from None
                 raise
+        is_broken = False
         try:
             yield conn
+        except sqlite3.Error as exc:
+            if not _is_unavailable(exc):
+                raise
+            # A connection that read a corrupt file may keep stale state: drop it, so reads
+            # recover on fresh connections once the file is good again.
+            is_broken = True
+            raise _unavailable(self.path, exc) from None
         finally:
             with self._cond:
-                if self._closed:
+                if self._closed or is_broken:
                     self._open -= 1
                     conn.close()
                 else:
@@ -178,7 +221,11 @@ class UserStore:
         return conn
 
     def get_user(self, user_id: int) -> User | None:
-        """The user with `user_id`, or None when there is none."""
+        """The user with `user_id`, or None when there is none.
+
+        Raises:
+            StoreUnavailableError: the database cannot answer.
+        """
         with self._borrow() as conn:
             row = conn.execute(
                 "SELECT id, name, email, city, created_at FROM users WHERE id = ?",
@@ -193,6 +240,26 @@ class UserStore:
         with self._borrow() as conn:
             row = conn.execute("SELECT COUNT(*) FROM users").fetchone()
         return int(row[0])
+
+    def check(self) -> int:
+        """How many users the seed marker records, read on a fresh connection (~0.2 ms).
+
+        For health checks: a fresh connection reads the file's header, which a pooled one
+        may hold in its page cache, so a corrupt or missing file is seen at once.
+
+        Raises:
+            StoreUnavailableError: the database cannot answer.
+        """
+        try:
+            conn = self._connect()
+            try:
+                row = conn.execute("SELECT value FROM meta WHERE key = 'seeded_users'").fetchone()
+            finally:
+                conn.close()
+        except sqlite3.Error as exc:
+            # Health checks see every failure of the file, bugs included, as failing.
+            raise _unavailable(self.path, exc) from None
+        return int(row[0]) if row is not None else 0
 
     @property
     def connections(self) -> int:

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import gc
+import ipaddress
 import os
 import sys
 from pathlib import Path
@@ -16,8 +17,12 @@ if str(_ROOT) not in sys.path:
 from app.core.config import SettingsError, load_settings  # noqa: E402  (needs sys.path above)
 from app.core.logging import HANDLER_NAME, LOG_FORMAT  # noqa: E402
 
+BOOT_ERROR_EXIT_CODE = 3  # gunicorn's WORKER_BOOT_ERROR: the app cannot start
 WORKER_CLASSES = {"asgi": "asgi", "uvicorn": "uvicorn_worker.UvicornWorker"}
 DEFAULT_PORT = 8000
+# Render (and the image) must listen on every interface; `make run` sets HOST=127.0.0.1 so a
+# laptop does not serve its LAN.
+DEFAULT_HOST = "0.0.0.0"
 
 
 def _fail(message: str) -> NoReturn:
@@ -34,14 +39,23 @@ def _port() -> int:
     return int(raw)
 
 
+def _host() -> str:
+    raw = os.environ.get("HOST", DEFAULT_HOST).strip()
+    try:
+        ipaddress.IPv4Address(raw)
+    except ValueError:
+        _fail(f"env HOST={raw!r} is not an IPv4 address; allowed: e.g. 0.0.0.0 or 127.0.0.1")
+    return raw
+
+
 try:
     _settings = load_settings()
 except SettingsError as exc:
     _fail(str(exc))
 _server = _settings.server
 
-# Render routes to $PORT on all interfaces (10000 by default); locally 8000.
-bind = [f"0.0.0.0:{_port()}"]
+# Render routes to $PORT on all interfaces (10000 by default); locally 8000 on $HOST.
+bind = [f"{_host()}:{_port()}"]
 # WEB_CONCURRENCY (Render) is already folded into server.workers by the settings loader.
 workers = _server.workers
 worker_class = WORKER_CLASSES[_server.worker_class]
@@ -105,10 +119,19 @@ if _server.max_worker_rss_mb is not None:
 
 
 def on_starting(server: Any) -> None:
-    """Create and seed the SQLite store once, in the master, before any worker starts."""
-    from app.store import ensure_seeded
+    """Create and seed the SQLite store once, in the master, before any worker starts.
 
-    ensure_seeded(_settings.store.path, _settings.store.seed_users)
+    A store that cannot be opened stops gunicorn here with one line and exit code 3
+    (gunicorn's boot error), before any worker is forked.
+    """
+    from app.store import StoreUnavailableError, ensure_seeded
+
+    try:
+        ensure_seeded(_settings.store.path, _settings.store.seed_users)
+    except StoreUnavailableError as exc:
+        sys.stderr.write(f"gunicorn: cannot start: {exc}\n")
+        sys.stderr.flush()
+        raise SystemExit(BOOT_ERROR_EXIT_CODE) from None
 
 
 def on_exit(server: Any) -> None:

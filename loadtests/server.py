@@ -47,6 +47,9 @@ def free_port() -> int:
 def server_env(profile: str, port: int, extra: Sequence[str]) -> dict[str, str]:
     env = {**os.environ, "APP_CONFIG": f"config/{profile}.yaml", "PORT": str(port)}
     env.pop("WEB_CONCURRENCY", None)  # the profile decides the worker count in a load test
+    # The prefill and the cache report read pid and cache stats from /health, which the
+    # Render profiles show only with health.details (or the admin token).
+    env.setdefault("APP_HEALTH__DETAILS", "true")
     for item in extra:
         key, sep, value = item.partition("=")
         if not sep or not key:

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import hmac
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 from fastapi import Depends, HTTPException, Request, status
+from pydantic import BaseModel, SecretStr
 
 from app.core.config import Settings
 
@@ -69,6 +70,52 @@ ManagerDep = Annotated["CacheManager", Depends(get_manager)]
 UsersDep = Annotated["UserDataService", Depends(get_user_service)]
 
 
+class ErrorBody(BaseModel):
+    """An error answer: what went wrong, in words."""
+
+    detail: str
+
+
+# OpenAPI entries of the bearer-token checks below, for routers and routes that use them.
+TOKEN_RESPONSES: dict[int | str, dict[str, Any]] = {
+    401: {"model": ErrorBody, "description": "No `Authorization: Bearer <token>` header"},
+    403: {"model": ErrorBody, "description": "The bearer token is wrong"},
+}
+
+
+def bearer_token(request: Request) -> str | None:
+    """The token of an `Authorization: Bearer <token>` header, stripped; None without one."""
+    scheme, _, given = request.headers.get("authorization", "").partition(" ")
+    given = given.strip()
+    if scheme.lower() != "bearer" or not given:
+        return None
+    return given
+
+
+def token_matches(given: str | None, expected: SecretStr | None) -> bool:
+    """True when `given` equals the configured token (constant-time compare)."""
+    if given is None or expected is None:
+        return False
+    return hmac.compare_digest(given.encode("utf-8"), expected.get_secret_value().encode("utf-8"))
+
+
+def has_admin_token(request: Request) -> bool:
+    """True when the request carries the configured admin token (no error either way)."""
+    return token_matches(bearer_token(request), _state(request).settings.admin.token)
+
+
+def _require_token(request: Request, expected: SecretStr, what: str) -> None:
+    given = bearer_token(request)
+    if given is None:
+        raise HTTPException(
+            status.HTTP_401_UNAUTHORIZED,
+            f"{what} needs 'Authorization: Bearer <token>'",
+            headers={"WWW-Authenticate": "Bearer"},
+        )
+    if not token_matches(given, expected):
+        raise HTTPException(status.HTTP_403_FORBIDDEN, f"{what} token is wrong")
+
+
 async def require_admin(request: Request) -> None:
     """Allow the request only with `Authorization: Bearer <ADMIN_TOKEN>` (constant-time compare).
 
@@ -78,14 +125,15 @@ async def require_admin(request: Request) -> None:
     token = _state(request).settings.admin.token
     if token is None:  # routes are not mounted then; kept as a second guard
         raise HTTPException(status.HTTP_404_NOT_FOUND, "Not Found")
-    header = request.headers.get("authorization", "")
-    scheme, _, given = header.partition(" ")
-    if scheme.lower() != "bearer" or not given:
-        raise HTTPException(
-            status.HTTP_401_UNAUTHORIZED,
-            "admin endpoints need 'Authorization: Bearer <token>'",
-            headers={"WWW-Authenticate": "Bearer"},
-        )
-    expected = token.get_secret_value().encode("utf-8")
-    if not hmac.compare_digest(given.strip().encode("utf-8"), expected):
-        raise HTTPException(status.HTTP_403_FORBIDDEN, "admin token is wrong")
+    _require_token(request, token, "admin endpoints")
+
+
+async def require_metrics_token(request: Request) -> None:
+    """With metrics.token set (env METRICS_TOKEN), allow only `Authorization: Bearer <it>`.
+
+    Raises:
+        HTTPException: 401 without a bearer token, 403 with a wrong one.
+    """
+    token = _state(request).settings.metrics.token
+    if token is not None:
+        _require_token(request, token, "/metrics")

@@ -166,12 +166,87 @@ class LoggingSettings(_Section):
 
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     access_log: bool = False
+    repeat_interval_seconds: float = Field(
+        default=10.0,
+        gt=0.0,
+        le=3600.0,
+        description=(
+            "Seconds between two log lines about one repeated failure (e.g. a store that "
+            "cannot answer); the ones in between are counted into the next line."
+        ),
+    )
+
+
+MIN_TOKEN_CHARS = 16
+
+
+def _check_token(value: Any) -> Any:
+    """Strip a token's surrounding whitespace (a pasted newline) and refuse a short one."""
+    if isinstance(value, SecretStr):
+        value = value.get_secret_value()
+    if not isinstance(value, str):
+        return value
+    value = value.strip()
+    if len(value) < MIN_TOKEN_CHARS:
+        # The value itself is never echoed: only its length.
+        raise PydanticCustomError(
+            "token_too_short",
+            "a token of at least {min} characters after stripping whitespace (got {length}); "
+            "generate one with: python -c 'import secrets; print(secrets.token_urlsafe(32))'",
+            {"min": MIN_TOKEN_CHARS, "length": len(value)},
+        )
+    return value
 
 
 class AdminSettings(_Section):
     """Admin endpoints; the token comes from the environment only."""
 
-    token: SecretStr | None = None
+    token: SecretStr | None = Field(
+        default=None,
+        description=(
+            "Bearer token for /admin/* and for /health details; env ADMIN_TOKEN only, never a "
+            f"file. At least {MIN_TOKEN_CHARS} characters; surrounding whitespace is stripped."
+        ),
+    )
+
+    _strip_token = field_validator("token", mode="before")(_check_token)
+
+
+class HealthSettings(_Section):
+    """What GET /health shows to a caller without the admin token."""
+
+    details: bool = Field(
+        default=False,
+        description=(
+            "Show worker internals (pid, RSS, container memory, cleanup level, caches) on "
+            "/health to every caller. Off: only status, version and checks, unless the "
+            "request carries the admin token."
+        ),
+    )
+
+
+class MetricsSettings(_Section):
+    """GET /metrics (Prometheus); the token comes from the environment only."""
+
+    token: SecretStr | None = Field(
+        default=None,
+        description=(
+            "Bearer token /metrics requires; env METRICS_TOKEN only, never a file. Unset: "
+            f"/metrics is open. At least {MIN_TOKEN_CHARS} characters."
+        ),
+    )
+
+    _strip_token = field_validator("token", mode="before")(_check_token)
+
+
+class DocsSettings(_Section):
+    """The interactive API documentation routes."""
+
+    openapi: bool = Field(default=False, description="Serve the OpenAPI schema at /openapi.json.")
+    swagger_ui: bool = Field(
+        default=False, description="Serve Swagger UI at /docs (needs docs.openapi)."
+    )
+    redoc: bool = Field(default=False, description="Serve ReDoc at /redoc (needs docs.openapi).")
 
 
 class Settings(BaseSettings):
@@ -193,6 +268,9 @@ class Settings(BaseSettings):
     store: StoreSettings = StoreSettings()
     logging: LoggingSettings = LoggingSettings()
     admin: AdminSettings = AdminSettings()
+    health: HealthSettings = HealthSettings()
+    metrics: MetricsSettings = MetricsSettings()
+    docs: DocsSettings = DocsSettings()
     config_file: Path | None = None
 
     @classmethod
@@ -217,13 +295,14 @@ class Settings(BaseSettings):
     def masked(self) -> dict[str, Any]:
         """The effective settings as plain data, secrets replaced by '**********'."""
         data = self.model_dump(mode="json")
-        if self.admin.token is not None:
-            data["admin"]["token"] = "**********"
+        for section in ("admin", "metrics"):
+            if getattr(self, section).token is not None:
+                data[section]["token"] = "**********"
         return data
 
 
 class _PlatformEnvSource(PydanticBaseSettingsSource):
-    """Un-prefixed env vars platforms set: WEB_CONCURRENCY (Render) and ADMIN_TOKEN."""
+    """Un-prefixed env vars platforms set: WEB_CONCURRENCY (Render), ADMIN_TOKEN, METRICS_TOKEN."""
 
     def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
         return None, field_name, False  # unused: __call__ builds the whole mapping
@@ -233,10 +312,14 @@ class _PlatformEnvSource(PydanticBaseSettingsSource):
         concurrency = os.environ.get("WEB_CONCURRENCY", "").strip()
         if concurrency:
             data["server"] = {"workers": concurrency}
-        token = os.environ.get("ADMIN_TOKEN", "")
-        if token:
-            data["admin"] = {"token": token}
+        for section, name in _TOKEN_ENV_VARS.items():
+            token = os.environ.get(name, "")
+            if token:
+                data[section] = {"token": token}
         return data
+
+
+_TOKEN_ENV_VARS = {"admin": "ADMIN_TOKEN", "metrics": "METRICS_TOKEN"}
 
 
 def _read_yaml(path: Path) -> dict[str, Any]:
@@ -277,8 +360,9 @@ def _origin(loc: tuple[str | int, ...], path: Path | None) -> str:
         return f"env {env_name}"
     if loc == ("server", "workers") and os.environ.get("WEB_CONCURRENCY"):
         return "env WEB_CONCURRENCY"
-    if loc[:1] == ("admin",) and os.environ.get("ADMIN_TOKEN"):
-        return "env ADMIN_TOKEN"
+    for section, name in _TOKEN_ENV_VARS.items():
+        if loc[:1] == (section,) and os.environ.get(name):
+            return f"env {name}"
     return f"file {str(path)!r}" if path is not None else "code defaults"
 
 
@@ -358,6 +442,15 @@ def _check_cross_fields(settings: Settings, path: Path | None) -> None:
             f"caches.total_budget_mb={budget} MiB; allowed: 1024..{budget * MIB}"
         )
         raise SettingsError(msg)
+    docs = settings.docs
+    for key in ("swagger_ui", "redoc"):
+        if getattr(docs, key) and not docs.openapi:
+            msg = (
+                f"invalid settings in {where(f'docs.{key}', 'docs.openapi')}: docs.{key}=true "
+                "needs docs.openapi=true (the page loads /openapi.json); allowed: turn "
+                f"docs.openapi on, or docs.{key} off"
+            )
+            raise SettingsError(msg)
     server = settings.server
     rss = server.max_worker_rss_mb
     for key, value in present:
@@ -389,13 +482,14 @@ def load_settings(path: str | Path | None = None) -> Settings:
         path = os.environ.get(CONFIG_ENV_VAR) or DEFAULT_CONFIG_PATH
     yaml_path = Path(path)
     data = _read_yaml(yaml_path)
-    admin = data.get("admin")
-    if isinstance(admin, dict) and "token" in admin:
-        msg = (
-            f"invalid settings in file {str(yaml_path)!r}: key 'admin.token' must not be in a "
-            "file; allowed: env ADMIN_TOKEN or APP_ADMIN__TOKEN"
-        )
-        raise SettingsError(msg)
+    for section, name in _TOKEN_ENV_VARS.items():
+        block = data.get(section)
+        if isinstance(block, dict) and "token" in block:
+            msg = (
+                f"invalid settings in file {str(yaml_path)!r}: key '{section}.token' must not "
+                f"be in a file; allowed: env {name} or APP_{section.upper()}__TOKEN"
+            )
+            raise SettingsError(msg)
     if "config_file" in data:
         msg = f"invalid settings in file {str(yaml_path)!r}: unknown key 'config_file'"
         raise SettingsError(msg)

@@ -5,8 +5,10 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import threading
 import time
 import uuid
+from collections.abc import Callable
 from contextvars import ContextVar
 from typing import TYPE_CHECKING
 
@@ -31,15 +33,68 @@ class RequestIdFilter(logging.Filter):
         return True
 
 
+# Control characters (C0 but tab, DEL, C1) as visible escapes: a client-chosen path such as
+# /x%0dFAKE%1b[31m must not move the cursor, colour the terminal or forge a log line.
+_ESCAPES = {code: f"\\x{code:02x}" for code in (*range(0x20), *range(0x7F, 0xA0)) if code != 0x09}
+_ESCAPES |= {0x0A: "\\n", 0x0D: "\\r", 0x2028: "\\u2028", 0x2029: "\\u2029"}
+
+
+def printable(text: str) -> str:
+    """`text` with control characters escaped (`\\r`, `\\n`, `\\x1b`); unchanged when clean."""
+    return text if text.isprintable() else text.translate(_ESCAPES)
+
+
 class OneLineFormatter(logging.Formatter):
-    """One event, one line: newlines in messages and tracebacks are escaped as `\\n`.
+    """One event, one line: newlines and other control characters are escaped (`\\n`, `\\x1b`).
 
     Log collectors (Render's included) split on newlines; a multi-line traceback would arrive
-    as many unrelated events without the request id.
+    as many unrelated events without the request id, and a raw CR or ESC from a request
+    could forge or hide a line.
     """
 
     def format(self, record: logging.LogRecord) -> str:
-        return super().format(record).replace("\n", "\\n")
+        return printable(super().format(record))
+
+
+class RepeatedLog:
+    """Logs a repeated failure at most once per interval, with how many it held back.
+
+    A failing dependency under load fails every request; one line per request would flood
+    the log (issue 10 measured 21,000 lines/s). The first occurrence is logged at once, the
+    next ones are counted and reported with the first occurrence after the interval.
+    Thread safety: one lock guards the counter and the timestamp; logging runs outside it.
+    """
+
+    def __init__(
+        self,
+        log: logging.Logger,
+        interval_seconds: float,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if interval_seconds <= 0:
+            msg = f"interval_seconds must be > 0, got {interval_seconds!r}"
+            raise ValueError(msg)
+        self._log = log
+        self.interval_seconds = interval_seconds
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._last: float | None = None
+        self._held_back = 0
+
+    def warning(self, message: str, *args: object) -> bool:
+        """Log `message % args` unless one was logged within the interval; True when logged."""
+        now = self._clock()
+        with self._lock:
+            if self._last is not None and now - self._last < self.interval_seconds:
+                self._held_back += 1
+                return False
+            held_back, self._held_back, self._last = self._held_back, 0, now
+        if held_back:
+            message += " (%d more like it in the last %.0fs, not logged)"
+            args = (*args, held_back, self.interval_seconds)
+        self._log.warning(message, *args)
+        return True
 
 
 def configure_logging(level: str) -> None:
@@ -104,8 +159,8 @@ class RequestIdMiddleware:
             if self.access_log:
                 access_logger.info(
                     '"%s %s" %d %.1fms',
-                    scope["method"],
-                    scope["path"],
+                    printable(scope["method"]),
+                    printable(scope["path"]),
                     status,
                     (time.perf_counter() - started) * 1000.0,
                 )

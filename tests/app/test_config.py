@@ -76,10 +76,10 @@ def test_workers_never_follow_cpu_count(
 def test_admin_token_comes_from_env(
     env_name: str, write_profile: ProfileWriter, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setenv(env_name, "s3cret")
+    monkeypatch.setenv(env_name, "s3cret-0123456789")
     token = load_settings(write_profile()).admin.token
     assert token is not None
-    assert token.get_secret_value() == "s3cret"
+    assert token.get_secret_value() == "s3cret-0123456789"
 
 
 def test_admin_token_in_yaml_is_rejected(write_profile: ProfileWriter) -> None:
@@ -92,7 +92,7 @@ def test_admin_token_in_yaml_is_rejected(write_profile: ProfileWriter) -> None:
 def test_effective_settings_are_logged_with_secrets_masked(
     write_profile: ProfileWriter, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    monkeypatch.setenv("ADMIN_TOKEN", "s3cret-value")
+    monkeypatch.setenv("ADMIN_TOKEN", "s3cret-value-0123456789")
     settings = load_settings(write_profile())
     with caplog.at_level(logging.INFO, logger="app.core.config"):
         log_settings(settings)

@@ -44,7 +44,10 @@ def test_store_is_created_on_first_start(settings: Settings) -> None:
 def test_requests_before_startup_get_503(settings: Settings) -> None:
     c = TestClient(create_app(settings))  # not entered: no lifespan
     assert c.get("/users/1").status_code == 503
-    assert c.get("/health").json()["status"] == "starting"
+    health = c.get("/health")
+    assert health.status_code == 503
+    assert health.json()["status"] == "failing"
+    assert health.json()["checks"]["store"] == {"status": "failing", "error": "store_not_open"}
 
 
 def test_memory_headers_on_in_local_profile(client: TestClient) -> None:

@@ -56,6 +56,7 @@ def test_memory_and_logging_env(runtime: Stage) -> None:
     env = runtime.env()
     assert env["PYTHONUNBUFFERED"] == "1"
     assert env["MALLOC_ARENA_MAX"] == "2"
+    assert env["HOST"] == "0.0.0.0", "Render routes to $PORT on every interface"
     assert (ROOT / env["APP_CONFIG"]).is_file()
 
 
@@ -114,3 +115,4 @@ def test_the_image_start_command_serves_health(runtime: Stage, tmp_path: pathlib
             proc.wait()
         log.close()
     assert proc.returncode == 0, (tmp_path / "server.log").read_text()
+    assert f"Listening at: http://0.0.0.0:{port}" in (tmp_path / "server.log").read_text()

@@ -8,6 +8,7 @@ from fastapi import APIRouter, HTTPException, Path, status
 from pydantic import BaseModel
 
 from app.api.deps import UsersDep
+from app.api.errors import StoreUnavailableBody
 
 MAX_USER_ID = 2**63 - 1  # SQLite INTEGER range; larger ids would overflow the driver
 
@@ -26,7 +27,10 @@ class User(BaseModel):
 
 @router.get(
     "/users/{user_id}",
-    responses={404: {"description": "No user with this id"}},
+    responses={
+        404: {"description": "No user with this id"},
+        503: {"model": StoreUnavailableBody, "description": "The store cannot answer"},
+    },
 )
 async def get_user(
     user_id: Annotated[int, Path(ge=1, le=MAX_USER_ID, description="User id, 1 or more")],
