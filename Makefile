@@ -75,7 +75,7 @@ docker-build: ## Build the image (needs a Docker engine)
 	docker build -t $(IMAGE) .
 
 docker-run: ## Run the image on http://127.0.0.1:8000 with the starter profile (needs Docker)
-	docker run --rm -p 8000:10000 --memory 512m --cpus 0.5 -e ADMIN_TOKEN=$${ADMIN_TOKEN:-change-me} $(IMAGE)
+	docker run --rm -p 8000:10000 --memory 512m --cpus 0.5 -e ADMIN_TOKEN=$${ADMIN_TOKEN:-local-docker-admin-token} $(IMAGE)
 
 bench-http: $(STAMP) ## req/s and p50/p99 of /users/{id} cache hits against a bare endpoint; idle RSS/USS
 	$(BIN)/python -m benchmarks.bench_http

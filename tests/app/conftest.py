@@ -17,7 +17,7 @@ from memsafe import recycle
 ROOT = Path(__file__).resolve().parents[2]
 ADMIN_TOKEN = "test-admin-token"
 TEST_SEED_USERS = 500
-_ENV_VARS = ("APP_CONFIG", "WEB_CONCURRENCY", "ADMIN_TOKEN", "PORT")
+_ENV_VARS = ("APP_CONFIG", "WEB_CONCURRENCY", "ADMIN_TOKEN", "METRICS_TOKEN", "PORT", "HOST")
 
 ProfileWriter = Callable[..., Path]
 ClientFactory = Callable[..., TestClient]

@@ -133,3 +133,48 @@ def test_missing_profile_stops_with_one_line(
     with pytest.raises(SystemExit):
         _load(monkeypatch, "config/does-not-exist.yaml")
     assert "config/does-not-exist.yaml' (from APP_CONFIG) not found" in capsys.readouterr().err
+
+
+def test_conf_binds_every_interface_unless_host_says_otherwise(
+    write_profile: ProfileWriter, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("HOST", raising=False)
+    assert _load(monkeypatch, str(write_profile()))["bind"] == ["0.0.0.0:8000"]
+    loopback = _load(monkeypatch, str(write_profile()), HOST="127.0.0.1", PORT="8124")
+    assert loopback["bind"] == ["127.0.0.1:8124"]
+
+
+def test_conf_refuses_a_host_that_is_not_an_address(
+    write_profile: ProfileWriter,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    with pytest.raises(SystemExit) as info:
+        _load(monkeypatch, str(write_profile()), HOST="my-laptop")
+    assert info.value.code == 2
+    assert "env HOST='my-laptop' is not an IPv4 address" in capsys.readouterr().err
+
+
+def test_make_run_binds_loopback() -> None:
+    makefile = (ROOT / "Makefile").read_text()
+    assert "\nHOST := 127.0.0.1\n" in makefile
+    run = makefile.split("\nrun:", 1)[1].split("\n\n", 1)[0]
+    assert "HOST=$(HOST)" in run
+
+
+def test_on_starting_stops_on_a_corrupt_store_with_one_line(
+    write_profile: ProfileWriter,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    conf = _load(monkeypatch, str(write_profile()))
+    path = conf["_settings"].store.path
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(b"not a database" * 1000)
+    with pytest.raises(SystemExit) as info:
+        conf["on_starting"](None)
+    assert info.value.code == 3
+    err = capsys.readouterr().err
+    assert err.startswith("gunicorn: cannot start: store ")
+    assert "file is not a database" in err
+    assert err.count("\n") == 1

@@ -10,12 +10,15 @@ from starlette.types import Message, Receive, Scope, Send
 
 from app.core.logging import (
     OneLineFormatter,
+    RepeatedLog,
     RequestIdFilter,
     RequestIdMiddleware,
     configure_logging,
+    printable,
     request_id_var,
 )
 from tests.app.conftest import TestClient
+from tests.conftest import FakeClock as FakeClockLike
 
 
 def test_request_id_is_generated_and_echoed(client: TestClient) -> None:
@@ -107,3 +110,67 @@ def test_tracebacks_stay_on_one_line() -> None:
     assert "\n" not in line
     assert "failed\\nhere" in line
     assert "ValueError: boom" in line
+
+
+def test_access_log_escapes_control_characters_from_the_path(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        return None
+
+    middleware = RequestIdMiddleware(app, access_log=True)
+    # What a server hands over for GET /x%0dFAKE%1b[31m: the path, percent-decoded.
+    scope: Scope = {"type": "http", "method": "GET", "path": "/x\rFAKE\x1b[31m", "headers": []}
+    with caplog.at_level(logging.INFO, logger="app.access"):
+        asyncio.run(middleware(scope, _never_receive, _never_send))
+    (record,) = [r for r in caplog.records if r.name == "app.access"]
+    message = record.getMessage()
+    assert "\r" not in message
+    assert "\x1b" not in message
+    assert message.startswith('"GET /x\\rFAKE\\x1b[31m" ')
+
+
+@pytest.mark.parametrize(
+    ("raw", "shown"),
+    [
+        ("/plain/path", "/plain/path"),
+        ("a\rb", "a\\rb"),
+        ("a\nb", "a\\nb"),
+        ("\x1b[31m", "\\x1b[31m"),
+        ("\x00\x7f\x85", "\\x00\\x7f\\x85"),
+        ("tab\tkept", "tab\tkept"),
+        ("line\u2028sep", "line\\u2028sep"),
+        ("ünïcødé", "ünïcødé"),
+    ],
+)
+def test_printable_escapes_control_characters_only(raw: str, shown: str) -> None:
+    assert printable(raw) == shown
+
+
+def test_formatter_escapes_control_characters_in_any_message() -> None:
+    record = logging.LogRecord("x", logging.INFO, __file__, 1, "a\rFAKE %s", ("\x1b[2J",), None)
+    line = OneLineFormatter("%(message)s").format(record)
+    assert line == "a\\rFAKE \\x1b[2J"
+
+
+def test_repeated_log_logs_once_per_interval_with_a_count(
+    fake_clock: FakeClockLike, caplog: pytest.LogCaptureFixture
+) -> None:
+    log = logging.getLogger("test.repeated")
+    repeated = RepeatedLog(log, 10.0, clock=fake_clock)
+    with caplog.at_level(logging.WARNING, logger="test.repeated"):
+        assert repeated.warning("store down: %s", "a")
+        for _ in range(50):
+            assert not repeated.warning("store down: %s", "b")
+        fake_clock.advance(10.0)
+        assert repeated.warning("store down: %s", "c")
+    messages = [r.getMessage() for r in caplog.records]
+    assert messages == [
+        "store down: a",
+        "store down: c (50 more like it in the last 10s, not logged)",
+    ]
+
+
+def test_repeated_log_interval_must_be_positive() -> None:
+    with pytest.raises(ValueError, match="interval_seconds must be > 0, got 0"):
+        RepeatedLog(logging.getLogger("x"), 0)

@@ -72,7 +72,8 @@ def spawn(tmp_path: Path, env_overrides: dict[str, str], profile: str = "local")
     env = {
         key: value
         for key, value in os.environ.items()
-        if not key.startswith("APP_") and key not in {"WEB_CONCURRENCY", "ADMIN_TOKEN", "PORT"}
+        if not key.startswith("APP_")
+        and key not in {"WEB_CONCURRENCY", "ADMIN_TOKEN", "METRICS_TOKEN", "PORT", "HOST"}
     }
     env.update(
         {

@@ -118,7 +118,7 @@ def test_corrupt_store_gives_503_and_recovers(tmp_path: Path) -> None:
         assert {r.status_code for r in failing} == {503}
         body = failing[0].json()
         assert body["error"] == "store_unavailable"
-        assert "file is not a database" in body["detail"]
+        assert "cannot answer: DatabaseError" in body["detail"]
         assert failing[0].headers["retry-after"] == "5"
         # Cached users are still served from the worker's cache.
         assert {r.status_code for r in _get_users(server.url, [1, 2, 3] * 4)} <= {200, 503}

@@ -21,7 +21,7 @@ MIB = 1024 * 1024
 
 
 def test_routes_answer_over_http(start_server: ServerFactory) -> None:
-    server = start_server({"ADMIN_TOKEN": "e2e-token"})
+    server = start_server({"ADMIN_TOKEN": "e2e-admin-token-0123"})
     with httpx.Client(base_url=server.url, timeout=5.0) as client:
         health = client.get("/health")
         assert health.status_code == 200
@@ -32,7 +32,9 @@ def test_routes_answer_over_http(start_server: ServerFactory) -> None:
         assert client.get("/users/abc").status_code == 422
         assert client.get("/payload", params={"size_kib": 4}).content == bytes(4096)
         assert client.get("/admin/caches").status_code == 401
-        assert client.get("/admin/caches", headers={"Authorization": "Bearer e2e-token"}).is_success
+        assert client.get(
+            "/admin/caches", headers={"Authorization": "Bearer e2e-admin-token-0123"}
+        ).is_success
         assert "x-request-id" in health.headers
         # Whichever worker answers, /metrics reports both workers (labelled by pid).
         deadline = time.monotonic() + 10

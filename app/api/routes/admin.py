@@ -12,10 +12,15 @@ import psutil
 from fastapi import APIRouter, Depends, HTTPException, Query, status
 from starlette.concurrency import run_in_threadpool
 
-from app.api.deps import AppState, ManagerDep, StateDep, require_admin
+from app.api.deps import TOKEN_RESPONSES, AppState, ManagerDep, StateDep, require_admin
 from memsafe.probes import container_memory, process_rss_bytes
 
-router = APIRouter(prefix="/admin", tags=["admin"], dependencies=[Depends(require_admin)])
+router = APIRouter(
+    prefix="/admin",
+    tags=["admin"],
+    dependencies=[Depends(require_admin)],
+    responses=TOKEN_RESPONSES,
+)
 
 
 def _as_dict(value: Any) -> Any:
