@@ -14,7 +14,7 @@ HOST := 127.0.0.1
 IMAGE ?= render-memsafe-template
 
 .PHONY: help install run dev test test-fast lint fmt typecheck check bench bench-http \
-        bench-middleware loadtest emulate docker-build docker-run lock clean
+        bench-middleware loadtest emulate docker-build docker-run lock clean chaos
 
 help: ## Show this help
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | \
@@ -37,6 +37,13 @@ dev: $(STAMP) ## Serve the app with uvicorn --reload (development only)
 
 test: $(STAMP) ## Run the whole test suite with memsafe branch coverage (>= 90%)
 	$(BIN)/pytest --cov=memsafe --cov-branch --cov-report=term --cov-fail-under=90
+
+# The fault suite (also part of `make test`): real gunicorn, figures logged per test.
+CHAOS_TESTS = tests/e2e/test_faults.py tests/e2e/test_recycle_gunicorn.py \
+  tests/e2e/test_server.py::test_worker_recycled_on_rss_under_traffic_without_failed_requests
+chaos: $(STAMP) ## Fault suite on real gunicorn: failed start-up, corrupt store, kill -9, SIGTERM, RSS recycle
+	$(BIN)/pytest $(CHAOS_TESTS) -v -p no:cacheprovider --log-cli-level=INFO \
+	  --log-cli-format='%(name)s: %(message)s'
 
 test-fast: $(STAMP) ## Run the tests that need no real thread, process or server
 	$(BIN)/pytest -m 'not slow and not e2e' -q

@@ -26,6 +26,9 @@ from tests.e2e.conftest import Server, spawn
 
 pytestmark = [pytest.mark.slow, pytest.mark.e2e]
 logger = logging.getLogger("chaos")
+# `make chaos` shows INFO lines live: the figures, not one line per client request.
+for _name in ("httpx", "httpx2", "httpcore", "httpcore2"):
+    logging.getLogger(_name).setLevel(logging.WARNING)
 
 BOOT_ERROR = 3  # gunicorn's WORKER_BOOT_ERROR: the master halts with it
 MAX_EXIT_SECONDS = 5.0  # issue 10: a worker that cannot start exits within 5 s

@@ -12,7 +12,7 @@ import psutil
 from fastapi import APIRouter, Depends, HTTPException, Query, status
 from starlette.concurrency import run_in_threadpool
 
-from app.api.deps import TOKEN_RESPONSES, AppState, ManagerDep, StateDep, require_admin
+from app.api.deps import TOKEN_RESPONSES, AppState, ErrorBody, ManagerDep, StateDep, require_admin
 from memsafe.probes import container_memory, process_rss_bytes
 
 router = APIRouter(
@@ -35,7 +35,10 @@ async def cache_stats(manager: ManagerDep) -> dict[str, Any]:
     return dict(manager.get_cache_stats())
 
 
-@router.post("/caches/clear")
+@router.post(
+    "/caches/clear",
+    responses={404: {"model": ErrorBody, "description": "No cache with this name"}},
+)
 async def clear_caches(
     manager: ManagerDep,
     name: Annotated[str | None, Query(description="Clear only this cache")] = None,
@@ -50,7 +53,10 @@ async def clear_caches(
     return {"cleared": cache.clear(), "cache": name}
 
 
-@router.post("/cleanup")
+@router.post(
+    "/cleanup",
+    responses={503: {"model": ErrorBody, "description": "The cleanup service is not running"}},
+)
 async def run_cleanup(
     state: StateDep,
     level: Annotated[
