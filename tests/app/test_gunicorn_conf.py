@@ -109,6 +109,11 @@ def test_on_starting_seeds_the_store(
     [
         ({"APP_SERVER__WORKERS": "0"}, "server.workers"),
         ({"PORT": "eighty"}, "env PORT='eighty' is not a port"),
+        (
+            {"ADMIN_TOKEN": "short-token\n"},
+            "'admin.token' is invalid; allowed: a token of at least",
+        ),
+        ({"METRICS_TOKEN": "x"}, "env METRICS_TOKEN: key 'metrics.token' is invalid"),
     ],
 )
 def test_bad_settings_stop_with_one_line(

@@ -102,6 +102,26 @@ def test_corrupt_store_at_start_stops_gunicorn_with_one_line(tmp_path: Path) -> 
     assert "Traceback" not in log
 
 
+def test_access_log_escapes_control_characters_from_the_path(tmp_path: Path) -> None:
+    server = spawn(
+        tmp_path, {"APP_SERVER__WORKERS": "1", "APP_LOGGING__ACCESS_LOG": "true"}, profile="local"
+    )
+    try:
+        server.wait_ready(1)
+        with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
+            sock.sendall(b"GET /x%0dFAKE%1b[31m HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            assert sock.recv(4096).startswith(b"HTTP/1.1 404")
+        deadline = time.monotonic() + 5
+        while "FAKE" not in server.log() and time.monotonic() < deadline:
+            time.sleep(0.05)
+    finally:
+        server.stop()
+    raw = server.log_path.read_bytes()
+    assert b"\r" not in raw
+    assert b"\x1b" not in raw
+    assert '"GET /x\\rFAKE\\x1b[31m" 404' in server.log()
+
+
 def _get_users(url: str, ids: list[int]) -> list[httpx.Response]:
     with httpx.Client(base_url=url, timeout=5.0) as client:
         return [client.get(f"/users/{user_id}") for user_id in ids]
