@@ -17,7 +17,6 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
-    SecretStr,
     ValidationError,
     ValidationInfo,
     field_validator,
@@ -29,6 +28,13 @@ from pydantic_settings import (
     PydanticBaseSettingsSource,
     SettingsConfigDict,
     YamlConfigSettingsSource,
+)
+
+from app.core.access_settings import (
+    AdminSettings,
+    DocsSettings,
+    HealthSettings,
+    MetricsSettings,
 )
 
 logger = logging.getLogger(__name__)
@@ -175,78 +181,6 @@ class LoggingSettings(_Section):
             "cannot answer); the ones in between are counted into the next line."
         ),
     )
-
-
-MIN_TOKEN_CHARS = 16
-
-
-def _check_token(value: Any) -> Any:
-    """Strip a token's surrounding whitespace (a pasted newline) and refuse a short one."""
-    if isinstance(value, SecretStr):
-        value = value.get_secret_value()
-    if not isinstance(value, str):
-        return value
-    value = value.strip()
-    if len(value) < MIN_TOKEN_CHARS:
-        # The value itself is never echoed: only its length.
-        raise PydanticCustomError(
-            "token_too_short",
-            "a token of at least {min} characters after stripping whitespace (got {length}); "
-            "generate one with: python -c 'import secrets; print(secrets.token_urlsafe(32))'",
-            {"min": MIN_TOKEN_CHARS, "length": len(value)},
-        )
-    return value
-
-
-class AdminSettings(_Section):
-    """Admin endpoints; the token comes from the environment only."""
-
-    token: SecretStr | None = Field(
-        default=None,
-        description=(
-            "Bearer token for /admin/* and for /health details; env ADMIN_TOKEN only, never a "
-            f"file. At least {MIN_TOKEN_CHARS} characters; surrounding whitespace is stripped."
-        ),
-    )
-
-    _strip_token = field_validator("token", mode="before")(_check_token)
-
-
-class HealthSettings(_Section):
-    """What GET /health shows to a caller without the admin token."""
-
-    details: bool = Field(
-        default=False,
-        description=(
-            "Show worker internals (pid, RSS, container memory, cleanup level, caches) on "
-            "/health to every caller. Off: only status, version and checks, unless the "
-            "request carries the admin token."
-        ),
-    )
-
-
-class MetricsSettings(_Section):
-    """GET /metrics (Prometheus); the token comes from the environment only."""
-
-    token: SecretStr | None = Field(
-        default=None,
-        description=(
-            "Bearer token /metrics requires; env METRICS_TOKEN only, never a file. Unset: "
-            f"/metrics is open. At least {MIN_TOKEN_CHARS} characters."
-        ),
-    )
-
-    _strip_token = field_validator("token", mode="before")(_check_token)
-
-
-class DocsSettings(_Section):
-    """The interactive API documentation routes."""
-
-    openapi: bool = Field(default=False, description="Serve the OpenAPI schema at /openapi.json.")
-    swagger_ui: bool = Field(
-        default=False, description="Serve Swagger UI at /docs (needs docs.openapi)."
-    )
-    redoc: bool = Field(default=False, description="Serve ReDoc at /redoc (needs docs.openapi).")
 
 
 class Settings(BaseSettings):

@@ -8,7 +8,7 @@ from fastapi import APIRouter, Request
 from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
 from fastapi.responses import HTMLResponse, JSONResponse
 
-from app.core.config import DocsSettings
+from app.core.access_settings import DocsSettings
 
 OPENAPI_URL = "/openapi.json"
 
