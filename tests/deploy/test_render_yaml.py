@@ -48,6 +48,11 @@ def test_env_selects_the_starter_profile_and_generates_the_admin_token() -> None
     assert env["ADMIN_TOKEN"] == {"key": "ADMIN_TOKEN", "generateValue": True}
 
 
+def test_metrics_are_protected_by_a_generated_token() -> None:
+    env = _env(_web(_blueprint()))
+    assert env["METRICS_TOKEN"] == {"key": "METRICS_TOKEN", "generateValue": True}
+
+
 def test_every_file_the_blueprint_names_exists() -> None:
     web = _web(_blueprint())
     assert (ROOT / web["dockerfilePath"]).is_file()
