@@ -11,7 +11,7 @@ PORT ?= 8000
 IMAGE ?= render-memsafe-template
 
 .PHONY: help install run dev test test-fast lint fmt typecheck check bench bench-http \
-        bench-middleware loadtest emulate docker-build docker-run lock clean
+        bench-middleware loadtest emulate browser docker-build docker-run lock clean
 
 help: ## Show this help
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | \
@@ -67,6 +67,13 @@ loadtest: $(STAMP) ## Load-test the real server on 127.0.0.1, judge its memory (
 
 emulate: $(STAMP) ## Serve the app inside a cgroup shaped like a Render plan (PLAN=starter; Linux, root)
 	$(BIN)/python -m loadtests.emulate --plan $(or $(PLAN),starter) --profile $(LT_PROFILE) --port $(PORT)
+
+browser: ## Install Debian's chromium for the /admin/ browser test (only as root with CI=true)
+	@if command -v chromium >/dev/null; then echo "chromium: $$(command -v chromium)"; \
+	elif [ "$${CI:-}" = true ] && [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	  echo "installing chromium for the browser test (apt-get, ~30 s)"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
+	else echo "chromium not installed: the /admin/ browser test will be skipped (apt-get install chromium)"; fi
 
 docker-build: ## Build the image (needs a Docker engine)
 	docker build -t $(IMAGE) .

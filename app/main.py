@@ -19,6 +19,7 @@ from app.api.deps import AppState
 from app.api.routes import admin, health, metrics, payload, users
 from app.core.config import MIB, Settings, get_settings, log_settings
 from app.core.draining import DrainMiddleware, worker_drain
+from app.core.history import WorkerHistory
 from app.core.logging import RequestIdMiddleware, configure_logging
 from app.core.metrics import (
     LiveCollector,
@@ -101,6 +102,9 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     state.cleanup = cleanup
     worker_drain.bind_loop(asyncio.get_running_loop())
     publisher = _start_publisher(state)
+    if settings.history.interval_seconds is not None:  # memory history for /admin/
+        state.history = WorkerHistory(settings, state)
+        state.history.start()
     logger.info(
         "worker ready: %d users in %s, cache %r max_size=%d, rss %.1f MiB",
         store_settings.seed_users,
@@ -114,6 +118,9 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     finally:
         state.users = None
         worker_drain.reset()
+        if state.history is not None:
+            await state.history.stop()
+            state.history = None
         if publisher is not None:
             publisher.cancel()
             with contextlib.suppress(asyncio.CancelledError):

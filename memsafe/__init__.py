@@ -17,6 +17,7 @@ from memsafe.cleanup import (
 )
 from memsafe.decorators import cached
 from memsafe.errors import MemsafeError
+from memsafe.history import HistoryData, HistoryEvent, MemoryHistory
 from memsafe.manager import CacheManager, cache_manager
 from memsafe.middleware import (
     MemoryMonitor,
@@ -44,8 +45,11 @@ __all__ = [
     "CleanupConfig",
     "CleanupEvent",
     "ContainerMemory",
+    "HistoryData",
+    "HistoryEvent",
     "LRUCache",
     "MemoryCleanupService",
+    "MemoryHistory",
     "MemoryMonitor",
     "MemoryMonitorMiddleware",
     "MemsafeError",

@@ -11,6 +11,7 @@ from fastapi import Depends, HTTPException, Request, status
 from app.core.config import Settings
 
 if TYPE_CHECKING:
+    from app.core.history import WorkerHistory
     from app.core.metrics import RequestMetrics, SharedSnapshots
     from app.services.users import UserDataService
     from app.store import UserStore
@@ -32,6 +33,7 @@ class AppState:
     users: UserDataService | None = None
     cleanup: MemoryCleanupService | None = None
     shared: SharedSnapshots | None = None
+    history: WorkerHistory | None = None
 
 
 def _state(request: Request) -> AppState:

@@ -129,6 +129,37 @@ class MonitorSettings(_Section):
     metrics_share_seconds: float | None = Field(default=5.0, gt=0, le=300)
 
 
+class HistorySettings(_Section):
+    """The per-worker memory history behind /admin/ and /admin/memory/history."""
+
+    interval_seconds: float | None = Field(
+        default=10.0,
+        ge=1.0,
+        le=3600.0,
+        description="Seconds between two memory samples of a worker, or null (no history). "
+        "Range 1-3600. 10 s with 360 samples covers the last hour.",
+    )
+    max_samples: int = Field(
+        default=360,
+        ge=2,
+        le=100_000,
+        description="Samples each worker keeps (oldest dropped). Range 2-100,000.",
+    )
+    max_events: int = Field(
+        default=100,
+        ge=1,
+        le=10_000,
+        description="Events (start, cleanup, recycle) each worker keeps. Range 1-10,000.",
+    )
+    max_workers: int = Field(
+        default=16,
+        ge=1,
+        le=256,
+        description="Workers the history shows, live and recently exited (newest kept). "
+        "Range 1-256. Recycled workers' histories stay until the window has passed.",
+    )
+
+
 class PayloadSettings(_Section):
     """The /payload demo endpoint."""
 
@@ -189,6 +220,7 @@ class Settings(BaseSettings):
     caches: CachesSettings = CachesSettings()
     memory: MemorySettings = MemorySettings()
     monitor: MonitorSettings = MonitorSettings()
+    history: HistorySettings = HistorySettings()
     payload: PayloadSettings = PayloadSettings()
     store: StoreSettings = StoreSettings()
     logging: LoggingSettings = LoggingSettings()

@@ -13,9 +13,11 @@ from fastapi import APIRouter, Depends, HTTPException, Query, status
 from starlette.concurrency import run_in_threadpool
 
 from app.api.deps import AppState, ManagerDep, StateDep, require_admin
+from app.api.routes import admin_page
 from memsafe.probes import container_memory, process_rss_bytes
 
-router = APIRouter(prefix="/admin", tags=["admin"], dependencies=[Depends(require_admin)])
+# Everything here needs the bearer header; admin_page adds the browser page and its login.
+_bearer = APIRouter(dependencies=[Depends(require_admin)])
 
 
 def _as_dict(value: Any) -> Any:
@@ -24,13 +26,13 @@ def _as_dict(value: Any) -> Any:
     return value
 
 
-@router.get("/caches")
+@_bearer.get("/caches")
 async def cache_stats(manager: ManagerDep) -> dict[str, Any]:
     """Stats of every cache and the totals against the shared byte budget."""
     return dict(manager.get_cache_stats())
 
 
-@router.post("/caches/clear")
+@_bearer.post("/caches/clear")
 async def clear_caches(
     manager: ManagerDep,
     name: Annotated[str | None, Query(description="Clear only this cache")] = None,
@@ -45,7 +47,7 @@ async def clear_caches(
     return {"cleared": cache.clear(), "cache": name}
 
 
-@router.post("/cleanup")
+@_bearer.post("/cleanup")
 async def run_cleanup(
     state: StateDep,
     level: Annotated[
@@ -84,8 +86,13 @@ def _memory_report(state: AppState) -> dict[str, Any]:
     }
 
 
-@router.get("/memory")
+@_bearer.get("/memory")
 async def memory_report(state: StateDep) -> dict[str, Any]:
     """RSS, USS/PSS, container limit, gc state, caches, cleanup events and per-route memory."""
     # memory_full_info reads /proc/self/smaps (a few ms): keep it off the event loop.
     return await run_in_threadpool(_memory_report, state)
+
+
+router = APIRouter(prefix="/admin", tags=["admin"])
+router.include_router(_bearer)
+router.include_router(admin_page.router)
