@@ -11,7 +11,7 @@ PORT ?= 8000
 IMAGE ?= render-memsafe-template
 
 .PHONY: help install run dev test test-fast lint fmt typecheck check bench bench-http \
-        bench-middleware loadtest emulate browser docker-build docker-run lock clean
+        bench-middleware loadtest emulate leak-report browser docker-build docker-run lock clean
 
 help: ## Show this help
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | \
@@ -67,6 +67,9 @@ loadtest: $(STAMP) ## Load-test the real server on 127.0.0.1, judge its memory (
 
 emulate: $(STAMP) ## Serve the app inside a cgroup shaped like a Render plan (PLAN=starter; Linux, root)
 	$(BIN)/python -m loadtests.emulate --plan $(or $(PLAN),starter) --profile $(LT_PROFILE) --port $(PORT)
+
+leak-report: $(STAMP) ## Serve the leaky app (APP=app.main:app for the real one), load it, print a 5 s allocation trace
+	$(BIN)/python -m loadtests.leak_report $(if $(APP),--app $(APP)) $(if $(SECONDS),--seconds $(SECONDS))
 
 browser: ## Install Debian's chromium for the /admin/ browser test (only as root with CI=true)
 	@if command -v chromium >/dev/null; then echo "chromium: $$(command -v chromium)"; \

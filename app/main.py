@@ -17,6 +17,8 @@ from starlette.concurrency import run_in_threadpool
 
 from app.api.deps import AppState
 from app.api.routes import admin, health, metrics, payload, users
+from app.core.actions import worker_actions
+from app.core.commands import CommandBus
 from app.core.config import MIB, Settings, get_settings, log_settings
 from app.core.draining import DrainMiddleware, worker_drain
 from app.core.history import WorkerHistory
@@ -105,6 +107,8 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     if settings.history.interval_seconds is not None:  # memory history for /admin/
         state.history = WorkerHistory(settings, state)
         state.history.start()
+    state.commands = CommandBus(state.shared, worker_actions(state))  # admin on every worker
+    state.commands.start()
     logger.info(
         "worker ready: %d users in %s, cache %r max_size=%d, rss %.1f MiB",
         store_settings.seed_users,
@@ -121,6 +125,9 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         if state.history is not None:
             await state.history.stop()
             state.history = None
+        if state.commands is not None:
+            await state.commands.stop()
+            state.commands = None
         if publisher is not None:
             publisher.cancel()
             with contextlib.suppress(asyncio.CancelledError):

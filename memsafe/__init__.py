@@ -35,9 +35,12 @@ from memsafe.probes import (
 )
 from memsafe.recycle import RSSRecycler, check_worker_rss, request_worker_exit
 from memsafe.singleton import AgentSingleton, SingletonMeta, singleton_stats
+from memsafe.tracing import AllocationSite, AllocationTracer, TraceBusyError, TraceReport
 
 __all__ = [
     "AgentSingleton",
+    "AllocationSite",
+    "AllocationTracer",
     "BoundedDict",
     "BoundedList",
     "CacheManager",
@@ -58,6 +61,8 @@ __all__ = [
     "RSSRecycler",
     "ReleaseResult",
     "SingletonMeta",
+    "TraceBusyError",
+    "TraceReport",
     "cache_manager",
     "cached",
     "check_worker_rss",

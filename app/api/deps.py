@@ -11,6 +11,7 @@ from fastapi import Depends, HTTPException, Request, status
 from app.core.config import Settings
 
 if TYPE_CHECKING:
+    from app.core.commands import CommandBus
     from app.core.history import WorkerHistory
     from app.core.metrics import RequestMetrics, SharedSnapshots
     from app.services.users import UserDataService
@@ -34,6 +35,7 @@ class AppState:
     cleanup: MemoryCleanupService | None = None
     shared: SharedSnapshots | None = None
     history: WorkerHistory | None = None
+    commands: CommandBus | None = None
 
 
 def _state(request: Request) -> AppState:

@@ -160,6 +160,25 @@ class HistorySettings(_Section):
     )
 
 
+class TraceSettings(_Section):
+    """POST /admin/memory/trace: a tracemalloc window on every worker."""
+
+    max_seconds: float = Field(
+        default=60.0,
+        gt=0.0,
+        le=600.0,
+        description="Longest trace window a request may ask for, in seconds. Range >0 to 600. "
+        "tracemalloc slows allocation while it runs; 60 s is enough to catch a leak under load.",
+    )
+    top_n: int = Field(
+        default=15,
+        ge=1,
+        le=1000,
+        description="Allocation sites (file:line) reported per worker, by bytes grown. "
+        "Range 1-1000.",
+    )
+
+
 class PayloadSettings(_Section):
     """The /payload demo endpoint."""
 
@@ -221,6 +240,7 @@ class Settings(BaseSettings):
     memory: MemorySettings = MemorySettings()
     monitor: MonitorSettings = MonitorSettings()
     history: HistorySettings = HistorySettings()
+    trace: TraceSettings = TraceSettings()
     payload: PayloadSettings = PayloadSettings()
     store: StoreSettings = StoreSettings()
     logging: LoggingSettings = LoggingSettings()

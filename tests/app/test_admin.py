@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hmac
+import os
 
 import pytest
 
@@ -70,14 +71,19 @@ def test_cache_stats(client: TestClient, admin_headers: dict[str, str]) -> None:
 def test_clear_caches(client: TestClient, admin_headers: dict[str, str]) -> None:
     client.get("/users/1")
     client.get("/users/2")
-    assert client.post("/admin/caches/clear", headers=admin_headers).json() == {"cleared": 2}
+    body = client.post("/admin/caches/clear", headers=admin_headers).json()
+    assert body == {"cleared": 2, "workers": [{"pid": os.getpid(), "cleared": 2}]}
     assert client.get("/health").json()["caches"]["caches"]["users"]["size"] == 0
 
 
 def test_clear_one_cache_by_name(client: TestClient, admin_headers: dict[str, str]) -> None:
     client.get("/users/1")
     response = client.post("/admin/caches/clear", params={"name": "users"}, headers=admin_headers)
-    assert response.json() == {"cleared": 1, "cache": "users"}
+    assert response.json() == {
+        "cleared": 1,
+        "cache": "users",
+        "workers": [{"pid": os.getpid(), "cleared": 1}],
+    }
 
 
 def test_clear_unknown_cache_is_404(client: TestClient, admin_headers: dict[str, str]) -> None:
@@ -94,6 +100,7 @@ def test_forced_cleanup_runs_a_pass(
     body = client.post("/admin/cleanup", params={"level": level}, headers=admin_headers).json()
     assert body["event"]["level"] == level
     assert body["event"]["actions"]
+    assert [w["pid"] for w in body["workers"]] == [os.getpid()]
 
 
 def test_cleanup_refuses_recycle_level(client: TestClient, admin_headers: dict[str, str]) -> None:

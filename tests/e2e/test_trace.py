@@ -1,0 +1,111 @@
+"""POST /admin/memory/trace on a real two-worker gunicorn serving the leaky app under load."""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.e2e.conftest import ROOT, Server, spawn
+
+pytestmark = [pytest.mark.slow, pytest.mark.e2e]
+TOKEN = "e2e-trace-token"
+HEADERS = {"Authorization": f"Bearer {TOKEN}"}
+LEAK_LINE = next(
+    number
+    for number, text in enumerate((ROOT / "loadtests" / "leaky_app.py").read_text().splitlines(), 1)
+    if "LEAKED.append(" in text
+)
+
+
+@pytest.fixture
+def leaky_server(tmp_path: Path) -> Iterator[Server]:
+    env = {
+        "ADMIN_TOKEN": TOKEN,
+        "APP_SERVER__WORKERS": "2",
+        "APP_MONITOR__METRICS_SHARE_SECONDS": "1",
+        "LEAKY_APP_KIB_PER_REQUEST": "16",
+    }
+    server = spawn(tmp_path, env, app="loadtests.leaky_app:app")
+    try:
+        server.wait_ready(2)
+        yield server
+    finally:
+        server.stop()
+
+
+def _load(url: str, stop: threading.Event) -> None:
+    # New connections each time, so both workers get traffic.
+    user_id = 0
+    while not stop.is_set():
+        user_id = user_id % 500 + 1
+        with contextlib.suppress(httpx.TransportError):
+            httpx.get(f"{url}/users/{user_id}", timeout=5.0)
+
+
+def _wait_for_two_workers(client: httpx.Client) -> None:
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:
+        body = client.post("/admin/caches/clear", headers=HEADERS).json()
+        if len(body["workers"]) == 2:
+            return
+        time.sleep(0.5)
+    raise AssertionError("the second worker never published its snapshot")
+
+
+def test_trace_names_the_leaking_line_on_every_worker(leaky_server: Server) -> None:
+    stop = threading.Event()
+    threads = [
+        threading.Thread(target=_load, args=(leaky_server.url, stop), daemon=True) for _ in range(4)
+    ]
+    with httpx.Client(base_url=leaky_server.url, timeout=30.0) as client:
+        _wait_for_two_workers(client)
+        for thread in threads:
+            thread.start()
+        try:
+            second: list[httpx.Response] = []
+            racer = threading.Timer(
+                1.0,
+                lambda: second.append(
+                    httpx.post(
+                        f"{leaky_server.url}/admin/memory/trace",
+                        params={"seconds": 1},
+                        headers=HEADERS,
+                        timeout=10,
+                    )
+                ),
+            )
+            racer.start()
+            response = client.post("/admin/memory/trace", params={"seconds": 3}, headers=HEADERS)
+            racer.join()
+        finally:
+            stop.set()
+            for thread in threads:
+                thread.join(10)
+        assert second[0].status_code == 409, second[0].text
+        assert "already running" in second[0].json()["detail"]
+        assert response.status_code == 200, response.text
+        workers = response.json()["workers"]
+        assert len({w["pid"] for w in workers}) == 2
+        for worker in workers:
+            assert "error" not in worker, worker
+            top = worker["top"][0]
+            assert top["site"] == f"loadtests/leaky_app.py:{LEAK_LINE}", worker["top"][:3]
+            assert top["count_diff"] >= 2 and top["size_diff_bytes"] >= 2 * 16 * 1024
+            routes = [r["route"] for r in worker["routes"]]
+            assert "GET /users/{user_id}" in routes, worker["routes"]
+        # One worker only, by pid; a pid that is not a worker is 404; N over the bound is 422.
+        pid = workers[1]["pid"]
+        one = client.post("/admin/memory/trace", params={"seconds": 1, "pid": pid}, headers=HEADERS)
+        assert [w["pid"] for w in one.json()["workers"]] == [pid]
+        missing = client.post(
+            "/admin/memory/trace", params={"seconds": 1, "pid": 1}, headers=HEADERS
+        )
+        assert missing.status_code == 404 and str(pid) in missing.json()["detail"]
+        too_long = client.post("/admin/memory/trace", params={"seconds": 601}, headers=HEADERS)
+        assert too_long.status_code == 422 and "trace.max_seconds" in too_long.text
