@@ -19,18 +19,22 @@ help: ## Show this help
 
 $(STAMP): requirements/dev.lock
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info[:2] == (3, 11) else "Python 3.11 is required, found " + sys.version.split()[0])'
-	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet --require-hashes -r requirements/dev.lock
-	touch $(STAMP)
+	@echo "Installing the locked dependencies into $(VENV) (about 30 s the first time; again only when requirements/dev.lock changes)..."
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	@$(BIN)/python -m pip install --quiet --upgrade pip
+	@$(BIN)/python -m pip install --quiet --require-hashes -r requirements/dev.lock
+	@touch $(STAMP)
+	@echo "Dependencies installed."
 
 install: $(STAMP) ## Create .venv and install the locked dependencies (only when the lock changed)
 
-run: $(STAMP) ## Serve the app through gunicorn on http://127.0.0.1:8000 (PROFILE=local)
+# app.core.check first: gunicorn reads $$WEB_CONCURRENCY before its config, as a traceback.
+run: $(STAMP) ## Serve the app through gunicorn on http://127.0.0.1:8000 (PROFILE=local PORT=8000)
+	@APP_CONFIG=config/$(PROFILE).yaml $(BIN)/python -m app.core.check
 	APP_CONFIG=config/$(PROFILE).yaml PORT=$(PORT) $(BIN)/gunicorn -c config/gunicorn.conf.py app.main:app
 
-dev: $(STAMP) ## Serve the app with uvicorn --reload (development only)
-	APP_CONFIG=config/$(PROFILE).yaml $(BIN)/uvicorn app.main:app --reload --host 127.0.0.1 --port $(PORT)
+dev: $(STAMP) ## uvicorn with reload on edits in app/, memsafe/, config/*.yaml (development only)
+	APP_CONFIG=config/$(PROFILE).yaml $(BIN)/python -m app.core.dev --port $(PORT)
 
 test: $(STAMP) ## Run the whole test suite with memsafe branch coverage (>= 90%)
 	$(BIN)/pytest --cov=memsafe --cov-branch --cov-report=term --cov-fail-under=90
@@ -78,11 +82,18 @@ browser: ## Install Debian's chromium for the /admin/ browser test (only as root
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
 	else echo "chromium not installed: the /admin/ browser test will be skipped (apt-get install chromium)"; fi
 
-docker-build: ## Build the image (needs a Docker engine)
-	docker build -t $(IMAGE) .
+DOCKER ?= docker
+# Say what is missing instead of the daemon's raw connection errors.
+DOCKER_CHECK = command -v $(DOCKER) >/dev/null || { echo "$@: no '$(DOCKER)' command; install Docker (https://docs.docker.com/get-docker/) or set DOCKER=podman" >&2; exit 1; }; \
+  $(DOCKER) info >/dev/null 2>&1 || { echo "$@: '$(DOCKER)' is installed but its engine is not running or not reachable by $$(id -un); start it (e.g. 'sudo systemctl start docker' or Docker Desktop) and retry" >&2; exit 1; }
+
+docker-build: ## Build the image (needs a running Docker engine; DOCKER=podman works too)
+	@$(DOCKER_CHECK)
+	$(DOCKER) build -t $(IMAGE) .
 
 docker-run: ## Run the image on http://127.0.0.1:8000 with the starter profile (needs Docker)
-	docker run --rm -p 8000:10000 --memory 512m --cpus 0.5 -e ADMIN_TOKEN=$${ADMIN_TOKEN:-change-me} $(IMAGE)
+	@$(DOCKER_CHECK)
+	$(DOCKER) run --rm -p 8000:10000 --memory 512m --cpus 0.5 -e ADMIN_TOKEN=$${ADMIN_TOKEN:-change-me} $(IMAGE)
 
 bench-http: $(STAMP) ## req/s and p50/p99 of /users/{id} cache hits against a bare endpoint; idle RSS/USS
 	$(BIN)/python -m benchmarks.bench_http

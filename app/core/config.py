@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 import itertools
 import logging
 import os
@@ -302,12 +303,10 @@ def _read_yaml(path: Path) -> dict[str, Any]:
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
         problem = getattr(exc, "problem", None) or "syntax error"
         msg = (
-            f"settings file {str(path)!r} is not valid YAML{where}: {problem}; "
-            "allowed: a YAML mapping of the keys in config/local.yaml"
+            f"settings file {str(path)!r} is not valid YAML{_yaml_error_where(path, exc)}: "
+            f"{problem}; allowed: a YAML mapping of the keys in config/local.yaml"
         )
         raise SettingsError(msg) from None
     if data is None:
@@ -316,6 +315,37 @@ def _read_yaml(path: Path) -> dict[str, Any]:
         msg = f"settings file {str(path)!r}: top level is {type(data).__name__}; allowed: a mapping"
         raise SettingsError(msg)
     return data
+
+
+def _yaml_error_where(path: Path, exc: yaml.YAMLError) -> str:
+    """Where the YAML is broken, as a person would point at it.
+
+    PyYAML reports where it noticed the problem: for an unclosed bracket or quote, or a line
+    indented wrongly, that is the first token of the next key, often lines later past comments.
+    When the token starts its line (or sits in a comment), the line to fix is the last line
+    with content before it.
+    """
+    mark = getattr(exc, "problem_mark", None)
+    if mark is None:
+        return ""
+    noticed = f"line {mark.line + 1}, column {mark.column + 1}"
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError):
+        return f" at {noticed}"
+    line = mark.line
+    text = lines[line] if line < len(lines) else ""
+    # The token begins its line, or the line is a comment (a quote left open above swallowed
+    # it): the line to fix is above.
+    if mark.column <= len(text) - len(text.lstrip()) or text.lstrip().startswith("#"):
+        for earlier in range(min(line, len(lines)) - 1, -1, -1):
+            content = lines[earlier].strip()
+            if content and not content.startswith("#"):
+                line = earlier
+                break
+    if line == mark.line:
+        return f" at {noticed} ({text.strip()!r})"
+    return f" at line {line + 1} ({lines[line].strip()!r}; the parser stopped at {noticed})"
 
 
 def _env_name(loc: tuple[str | int, ...]) -> str:
@@ -451,13 +481,58 @@ def load_settings(path: str | Path | None = None) -> Settings:
     if "config_file" in data:
         msg = f"invalid settings in file {str(yaml_path)!r}: unknown key 'config_file'"
         raise SettingsError(msg)
+    _check_web_concurrency()
     with _yaml_source(yaml_path):
         try:
             settings = Settings(config_file=yaml_path)
         except ValidationError as exc:
             raise _from_validation_error(exc, yaml_path) from None
+    for name, hint in unknown_env_vars():
+        logger.warning("env %s matches no settings key and is ignored%s", name, hint)
     _check_cross_fields(settings, yaml_path)
     return settings
+
+
+def _check_web_concurrency() -> None:
+    # gunicorn itself runs int($WEB_CONCURRENCY) when it is imported, before our config, so
+    # a bad value must be caught even when APP_SERVER__WORKERS overrides it in the settings.
+    raw = os.environ.get("WEB_CONCURRENCY", "").strip()
+    if raw and not (raw.isdigit() and 1 <= int(raw) <= 32):
+        msg = (
+            f"invalid settings in env WEB_CONCURRENCY: {raw!r} is not a worker count; "
+            "allowed: an integer 1-32, or unset (server.workers from the profile)"
+        )
+        raise SettingsError(msg)
+
+
+def unknown_env_vars(environ: Mapping[str, str] | None = None) -> list[tuple[str, str]]:
+    """APP_* variables that name no settings key, each with a '; did you mean ...' hint.
+
+    pydantic-settings silently ignores them, so a misspelled APP_CACHE__USERS__MAX_SIZE
+    would leave the profile's value in force without a word.
+    """
+    env = os.environ if environ is None else environ
+    known = {_env_name(tuple(key.split("."))) for key in _all_keys(Settings)}
+    known |= {CONFIG_ENV_VAR, _env_name(("config_file",))}
+    found = []
+    for name in sorted(env):
+        upper = name.upper()
+        if not upper.startswith(ENV_PREFIX) or upper in known:
+            continue
+        if any(key.startswith(upper + "__") for key in known):
+            continue  # a whole section as JSON, e.g. APP_SERVER='{"workers": 2}'
+        close = difflib.get_close_matches(upper, sorted(known), n=1, cutoff=0.75)
+        found.append((name, f"; did you mean {close[0]}?" if close else ""))
+    return found
+
+
+def _all_keys(model: type[BaseModel], prefix: str = "") -> Iterator[str]:
+    for name, field in model.model_fields.items():
+        annotation = field.annotation
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            yield from _all_keys(annotation, f"{prefix}{name}.")
+        else:
+            yield f"{prefix}{name}"
 
 
 @contextmanager
@@ -475,8 +550,16 @@ def get_settings() -> Settings:
 
 
 def log_settings(settings: Settings) -> None:
-    """Log the effective settings once, on one line, secrets masked."""
-    logger.info("effective settings: %s", _flatten(settings.masked()))
+    """Log the effective settings once, one line per section, secrets masked.
+
+    One 1,200-character line was unreadable in a terminal and in Render's log view; the
+    whole set is also at GET /admin/settings (admin token).
+    """
+    data = settings.masked()
+    logger.info("effective settings from %s (also at GET /admin/settings):", data["config_file"])
+    for section, values in data.items():
+        if isinstance(values, Mapping):
+            logger.info("  %s: %s", section, _flatten(values))
 
 
 def _flatten(data: Mapping[str, Any], prefix: str = "") -> str:

@@ -129,3 +129,13 @@ def test_admin_before_startup_is_503(settings: Settings, admin_headers: dict[str
     c = TestClient(create_app(settings))  # not entered: the lifespan has not run
     assert c.get("/admin/caches", headers=admin_headers).status_code == 503
     assert c.post("/admin/cleanup", headers=admin_headers).status_code == 503
+
+
+def test_effective_settings_are_served_masked(
+    client: TestClient, admin_headers: dict[str, str]
+) -> None:
+    body = client.get("/admin/settings", headers=admin_headers).json()
+    assert body["server"]["workers"] == 2
+    assert body["admin"]["token"] == "**********"
+    assert body["history"]["max_samples"] == 360
+    assert client.get("/admin/settings").status_code == 401

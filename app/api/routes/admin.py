@@ -125,6 +125,12 @@ def _memory_report(state: AppState) -> dict[str, Any]:
     }
 
 
+@_bearer.get("/settings")
+async def effective_settings(state: StateDep) -> dict[str, Any]:
+    """The effective settings (profile + env), secrets masked: what start-up logged."""
+    return state.settings.masked()
+
+
 @_bearer.get("/memory")
 async def memory_report(state: StateDep) -> dict[str, Any]:
     """RSS, USS/PSS, container limit, gc state, caches, cleanup events and per-route memory."""
