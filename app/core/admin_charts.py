@@ -11,7 +11,7 @@ from typing import Any
 MIB = 1024 * 1024
 WIDTH, HEIGHT = 640, 150
 PAD_LEFT, PAD_RIGHT, PAD_TOP, PAD_BOTTOM = 48, 12, 10, 18
-MAX_POINTS = 240  # per line: a chart stays a few KiB whatever max_samples is
+MAX_POINTS = 150  # per line (~4 px apart): a chart stays ~1 KiB whatever max_samples is
 THRESHOLD_COLOURS = {
     "soft_limit_mb": "#c90",
     "hard_limit_mb": "#d60",
@@ -58,7 +58,7 @@ class _Axes:
 
 
 def _polyline(axes: _Axes, points: list[tuple[float, float]], colour: str, dash: str = "") -> str:
-    coords = " ".join(f"{axes.x(t):.1f},{axes.y(v):.1f}" for t, v in points)
+    coords = " ".join(f"{axes.x(t):.0f},{axes.y(v):.0f}" for t, v in points)
     extra = f' stroke-dasharray="{dash}"' if dash else ""
     return f'<polyline fill="none" stroke="{colour}" stroke-width="1.5"{extra} points="{coords}"/>'
 

@@ -99,6 +99,10 @@ def test_trace_names_the_leaking_line_on_every_worker(leaky_server: Server) -> N
             assert top["count_diff"] >= 2 and top["size_diff_bytes"] >= 2 * 16 * 1024
             routes = [r["route"] for r in worker["routes"]]
             assert "GET /users/{user_id}" in routes, worker["routes"]
+        # Both workers filled their caches under the load; one clear empties both.
+        cleared = client.post("/admin/caches/clear", headers=HEADERS).json()
+        assert {w["pid"] for w in cleared["workers"]} == {w["pid"] for w in workers}
+        assert all(w["cleared"] > 0 for w in cleared["workers"]), cleared
         # One worker only, by pid; a pid that is not a worker is 404; N over the bound is 422.
         pid = workers[1]["pid"]
         one = client.post("/admin/memory/trace", params={"seconds": 1, "pid": pid}, headers=HEADERS)
