@@ -1,4 +1,5 @@
-"""POST /admin/memory/trace on a real two-worker gunicorn serving the leaky app under load."""
+"""Finding the leak on a real gunicorn serving the leaky app: the trace, and the history that
+outlives a recycled worker."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import httpx
 import pytest
 
 from tests.e2e.conftest import ROOT, Server, spawn
+from tests.e2e.test_server import _profile_without_memory_limits
 
 pytestmark = [pytest.mark.slow, pytest.mark.e2e]
 TOKEN = "e2e-trace-token"
@@ -113,3 +115,44 @@ def test_trace_names_the_leaking_line_on_every_worker(leaky_server: Server) -> N
         assert missing.status_code == 404 and str(pid) in missing.json()["detail"]
         too_long = client.post("/admin/memory/trace", params={"seconds": 601}, headers=HEADERS)
         assert too_long.status_code == 422 and "trace.max_seconds" in too_long.text
+
+
+def test_history_keeps_a_recycled_workers_hour_with_its_recycle_event(tmp_path: Path) -> None:
+    profile = _profile_without_memory_limits(tmp_path)
+    env = {
+        "ADMIN_TOKEN": TOKEN,
+        "APP_CONFIG": str(profile),
+        "APP_SERVER__WORKERS": "1",
+        "APP_SERVER__MAX_WORKER_RSS_MB": "120",  # ~60 MiB above a fresh worker: ~1,000 requests
+        "APP_SERVER__RSS_CHECK_INTERVAL_SECONDS": "0.5",
+        "APP_MONITOR__METRICS_SHARE_SECONDS": "1",
+        "APP_HISTORY__INTERVAL_SECONDS": "1",
+        "LEAKY_APP_KIB_PER_REQUEST": "64",
+    }
+    server = spawn(tmp_path, env, app="loadtests.leaky_app:app")
+    try:
+        server.wait_ready(1)
+        deadline = time.monotonic() + 60
+        with httpx.Client(base_url=server.url, timeout=10.0) as client:
+            first = client.get("/health").json()["pid"]
+            while time.monotonic() < deadline:
+                for user_id in range(1, 50):
+                    with contextlib.suppress(httpx.TransportError):
+                        client.get(f"/users/{user_id}")
+                try:
+                    data = client.get("/admin/memory/history", headers=HEADERS).json()
+                except httpx.TransportError:
+                    continue
+                exited = [w for w in data["workers"] if w["pid"] == first and not w["is_alive"]]
+                if exited:
+                    break
+            else:
+                raise AssertionError(f"worker {first} never recycled:\n{server.log()[-2000:]}")
+        (old,) = exited
+        assert old["events"][0]["kind"] == "start"
+        assert old["events"][-1]["kind"] == "recycle", old["events"]
+        assert max(old["rss_bytes"]) > 100 * 1024 * 1024  # its climb towards the cap is kept
+        live = [w for w in data["workers"] if w["is_alive"]]
+        assert len(live) == 1 and live[0]["pid"] != first
+    finally:
+        server.stop()
