@@ -121,10 +121,10 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         yield
     finally:
         state.users = None
-        worker_drain.reset()
-        if state.history is not None:
-            await state.history.stop()
+        if state.history is not None:  # before reset(): a drain means this worker is recycled
+            await state.history.stop(is_recycle=worker_drain.is_draining)
             state.history = None
+        worker_drain.reset()
         if state.commands is not None:
             await state.commands.stop()
             state.commands = None

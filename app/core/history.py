@@ -10,7 +10,6 @@ from typing import TYPE_CHECKING, Any
 
 from app.core.metrics import SharedSnapshots, UnsafeDirectoryError
 from memsafe import MemoryHistory
-from memsafe.recycle import is_exit_requested
 
 if TYPE_CHECKING:
     from app.api.deps import AppState
@@ -24,11 +23,12 @@ HISTORY_PREFIX = "history"
 class WorkerHistory:
     """This worker's MemoryHistory, the task that samples it, and its siblings' copies.
 
-    Under gunicorn the history is written every sample to `history-<pid>.json` in the shared
-    snapshot directory (one file per worker, replaced atomically); an exited worker's file is
-    kept for one history window, so a recycled worker's last hour stays visible, and at most
-    `history.max_workers` files are read (older ones deleted). Without gunicorn (TestClient,
-    `make dev`) it serves this process only.
+    Under gunicorn (with monitor.metrics_share_seconds set) the history is written every
+    sample to `history-<pid>.json` in the shared snapshot directory (one file per worker,
+    replaced atomically); an exited worker's file is kept for one history window, so a
+    recycled worker's last hour stays visible, and at most `history.max_workers` files are
+    read (older ones deleted). Without gunicorn (TestClient, `make dev`) or without sharing it
+    serves this process only.
     Thread safety: sampled from one asyncio task; reads may come from any thread.
     """
 
@@ -57,14 +57,14 @@ class WorkerHistory:
         self.history.add_event("start", f"worker {os.getpid()} ready")
         self._task = asyncio.get_running_loop().create_task(self._run())
 
-    async def stop(self) -> None:
-        """Stop sampling; record why the worker stops and publish that last state."""
+    async def stop(self, *, is_recycle: bool = False) -> None:
+        """Stop sampling; record why the worker stops (a recycle or a plain stop), publish it."""
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
             self._task = None
-        kind = "recycle" if is_exit_requested() else "stop"
+        kind = "recycle" if is_recycle else "stop"
         self.history.add_event(kind, f"worker {os.getpid()} stopping")
         self.sample()
         self._publish()
