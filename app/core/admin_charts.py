@@ -142,6 +142,14 @@ def cache_chart(worker: dict[str, Any], name: str, t0: float) -> str:
     return _frame(axes, "entries", f"cache-{name}", len(entry_points), body)
 
 
+def _size(size_bytes: int) -> str:
+    return f"{_fmt(size_bytes / MIB)} MiB" if size_bytes >= MIB else f"{size_bytes / 1024:.0f} KiB"
+
+
+def _count(values: Sequence[Any], noun: str) -> str:
+    return f"{len(values)} {noun}{'' if len(values) == 1 else 's'}"
+
+
 def _latest(values: Sequence[Any]) -> Any:
     return values[-1] if values else None
 
@@ -161,14 +169,15 @@ def _worker_section(worker: dict[str, Any], thresholds: dict[str, int | None], t
         rate = next((r for r in reversed(series.get("hit_rate", [])) if r is not None), None)
         cache_lines.append(
             f"<h2>cache {html.escape(name)}: {entries} entries, "
-            f"{_fmt((size or 0) / MIB)} MiB, hit rate "
+            f"{_size(size or 0)}, hit rate "
             f"{'-' if rate is None else f'{rate * 100:.1f} %'}</h2>{cache_chart(worker, name, t0)}"
         )
     rss_text = "-" if rss is None else f"{_fmt(rss / MIB)} MiB"
     return (
         f'<section class="worker" data-pid="{pid}"><h2>worker {pid} ({state}): RSS {rss_text}, '
         f"level {html.escape(str(_latest(worker.get('level', [])) or '-'))}, "
-        f"{len(worker.get('wall_time', []))} samples, {len(worker.get('events', []))} events</h2>"
+        f"{_count(worker.get('wall_time', []), 'sample')}, "
+        f"{_count(worker.get('events', []), 'event')}</h2>"
         f'<div class="charts"><div>{rss_chart(worker, thresholds, t0)}</div>'
         f"<div>{''.join(cache_lines)}</div></div></section>"
     )

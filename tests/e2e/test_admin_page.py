@@ -18,14 +18,17 @@ SCREENSHOT = ROOT / "reports" / "admin-memory.png"
 def _wait_for_both_histories(url: str) -> dict[str, object]:
     headers = {"Authorization": f"Bearer {TOKEN}"}
     deadline = time.monotonic() + 20
+    passes = 0
     with httpx.Client(base_url=url, timeout=5.0) as client:
         while True:
-            for user_id in range(1, 200):
+            for user_id in range(1, 100):  # the first pass misses, the next ones hit
                 client.get(f"/users/{user_id}")
+            passes += 1
             data: dict[str, object] = client.get("/admin/memory/history", headers=headers).json()
             workers = data["workers"]
             assert isinstance(workers, list)
-            if len(workers) == 2 and all(len(w["wall_time"]) >= 3 for w in workers):
+            if passes >= 3 and len(workers) == 2 and all(len(w["wall_time"]) >= 3 for w in workers):
+                time.sleep(1.5)  # one more sample after the last hits
                 return data
             assert time.monotonic() < deadline, f"histories never filled: {data}"
             time.sleep(0.5)
@@ -77,6 +80,10 @@ def test_admin_page_logs_in_and_charts_every_worker(start_server: ServerFactory)
             assert chart["events"] >= 1  # the worker's start
             assert chart["width"] > 100
         assert all(c["drawn"] >= 3 for c in caches), caches
+        headings = browser.evaluate(
+            "[...document.querySelectorAll('section.worker h2')].map(h => h.textContent)"
+        )
+        assert any("hit rate 100.0 %" in h for h in headings), headings  # the repeat passes
         browser.screenshot(SCREENSHOT)
     assert SCREENSHOT.stat().st_size > 5000
     with httpx.Client(base_url=server.url, timeout=5.0) as client:
