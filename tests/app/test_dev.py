@@ -51,3 +51,32 @@ def test_check_names_a_bad_web_concurrency_where_gunicorn_would_crash() -> None:
         "invalid configuration: invalid settings in env WEB_CONCURRENCY: 'abc' is not a worker "
         "count; allowed: an integer 1-32, or unset (server.workers from the profile)"
     ]
+
+
+def _make(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        ["make", "--no-print-directory", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=60,
+    )
+
+
+def test_docker_build_without_the_command_says_what_is_missing() -> None:
+    result = _make("docker-build", "DOCKER=/nonexistent/docker")
+    assert result.returncode != 0
+    assert "docker-build: no '/nonexistent/docker' command; install Docker" in result.stderr
+    assert "Cannot connect" not in result.stderr
+
+
+def test_docker_run_without_an_engine_says_it_is_not_running() -> None:
+    result = _make("docker-run", "DOCKER=false")  # a command that exists; its `info` fails
+    assert result.returncode != 0
+    assert "docker-run: 'false' is installed but its engine is not running" in result.stderr
+
+
+def test_first_install_says_what_it_is_doing() -> None:
+    result = _make("-n", "-W", "requirements/dev.lock", "install")
+    assert "Installing the locked dependencies into .venv" in result.stdout
