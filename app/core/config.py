@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import difflib
 import itertools
 import logging
 import os
@@ -30,6 +29,13 @@ from pydantic_settings import (
     PydanticBaseSettingsSource,
     SettingsConfigDict,
     YamlConfigSettingsSource,
+)
+
+from app.core.config_checks import (
+    all_keys,
+    unmatched_env_vars,
+    web_concurrency_problem,
+    yaml_error_where,
 )
 
 logger = logging.getLogger(__name__)
@@ -137,27 +143,12 @@ class HistorySettings(_Section):
         default=10.0,
         ge=1.0,
         le=3600.0,
-        description="Seconds between two memory samples of a worker, or null (no history). "
-        "Range 1-3600. 10 s with 360 samples covers the last hour.",
+        description="Seconds between two samples; null: no history.",
     )
-    max_samples: int = Field(
-        default=360,
-        ge=2,
-        le=100_000,
-        description="Samples each worker keeps (oldest dropped). Range 2-100,000.",
-    )
-    max_events: int = Field(
-        default=100,
-        ge=1,
-        le=10_000,
-        description="Events (start, cleanup, recycle) each worker keeps. Range 1-10,000.",
-    )
+    max_samples: int = Field(default=360, ge=2, le=100_000, description="Samples kept per worker.")
+    max_events: int = Field(default=100, ge=1, le=10_000, description="Events kept per worker.")
     max_workers: int = Field(
-        default=16,
-        ge=1,
-        le=256,
-        description="Workers the history shows, live and recently exited (newest kept). "
-        "Range 1-256. Recycled workers' histories stay until the window has passed.",
+        default=16, ge=1, le=256, description="Workers shown, live and exited."
     )
 
 
@@ -165,18 +156,10 @@ class TraceSettings(_Section):
     """POST /admin/memory/trace: a tracemalloc window on every worker."""
 
     max_seconds: float = Field(
-        default=60.0,
-        gt=0.0,
-        le=600.0,
-        description="Longest trace window a request may ask for, in seconds. Range >0 to 600. "
-        "tracemalloc slows allocation while it runs; 60 s is enough to catch a leak under load.",
+        default=60.0, gt=0.0, le=600.0, description="Longest trace window, s."
     )
     top_n: int = Field(
-        default=15,
-        ge=1,
-        le=1000,
-        description="Allocation sites (file:line) reported per worker, by bytes grown. "
-        "Range 1-1000.",
+        default=15, ge=1, le=1000, description="Allocation sites reported per worker."
     )
 
 
@@ -305,7 +288,7 @@ def _read_yaml(path: Path) -> dict[str, Any]:
     except yaml.YAMLError as exc:
         problem = getattr(exc, "problem", None) or "syntax error"
         msg = (
-            f"settings file {str(path)!r} is not valid YAML{_yaml_error_where(path, exc)}: "
+            f"settings file {str(path)!r} is not valid YAML{yaml_error_where(path, exc)}: "
             f"{problem}; allowed: a YAML mapping of the keys in config/local.yaml"
         )
         raise SettingsError(msg) from None
@@ -315,37 +298,6 @@ def _read_yaml(path: Path) -> dict[str, Any]:
         msg = f"settings file {str(path)!r}: top level is {type(data).__name__}; allowed: a mapping"
         raise SettingsError(msg)
     return data
-
-
-def _yaml_error_where(path: Path, exc: yaml.YAMLError) -> str:
-    """Where the YAML is broken, as a person would point at it.
-
-    PyYAML reports where it noticed the problem: for an unclosed bracket or quote, or a line
-    indented wrongly, that is the first token of the next key, often lines later past comments.
-    When the token starts its line (or sits in a comment), the line to fix is the last line
-    with content before it.
-    """
-    mark = getattr(exc, "problem_mark", None)
-    if mark is None:
-        return ""
-    noticed = f"line {mark.line + 1}, column {mark.column + 1}"
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except (OSError, UnicodeDecodeError):
-        return f" at {noticed}"
-    line = mark.line
-    text = lines[line] if line < len(lines) else ""
-    # The token begins its line, or the line is a comment (a quote left open above swallowed
-    # it): the line to fix is above.
-    if mark.column <= len(text) - len(text.lstrip()) or text.lstrip().startswith("#"):
-        for earlier in range(min(line, len(lines)) - 1, -1, -1):
-            content = lines[earlier].strip()
-            if content and not content.startswith("#"):
-                line = earlier
-                break
-    if line == mark.line:
-        return f" at {noticed} ({text.strip()!r})"
-    return f" at line {line + 1} ({lines[line].strip()!r}; the parser stopped at {noticed})"
 
 
 def _env_name(loc: tuple[str | int, ...]) -> str:
@@ -481,7 +433,9 @@ def load_settings(path: str | Path | None = None) -> Settings:
     if "config_file" in data:
         msg = f"invalid settings in file {str(yaml_path)!r}: unknown key 'config_file'"
         raise SettingsError(msg)
-    _check_web_concurrency()
+    problem = web_concurrency_problem(os.environ.get("WEB_CONCURRENCY", ""))
+    if problem is not None:
+        raise SettingsError(f"invalid settings in env WEB_CONCURRENCY: {problem}")
     with _yaml_source(yaml_path):
         try:
             settings = Settings(config_file=yaml_path)
@@ -493,46 +447,11 @@ def load_settings(path: str | Path | None = None) -> Settings:
     return settings
 
 
-def _check_web_concurrency() -> None:
-    # gunicorn itself runs int($WEB_CONCURRENCY) when it is imported, before our config, so
-    # a bad value must be caught even when APP_SERVER__WORKERS overrides it in the settings.
-    raw = os.environ.get("WEB_CONCURRENCY", "").strip()
-    if raw and not (raw.isdigit() and 1 <= int(raw) <= 32):
-        msg = (
-            f"invalid settings in env WEB_CONCURRENCY: {raw!r} is not a worker count; "
-            "allowed: an integer 1-32, or unset (server.workers from the profile)"
-        )
-        raise SettingsError(msg)
-
-
 def unknown_env_vars(environ: Mapping[str, str] | None = None) -> list[tuple[str, str]]:
-    """APP_* variables that name no settings key, each with a '; did you mean ...' hint.
-
-    pydantic-settings silently ignores them, so a misspelled APP_CACHE__USERS__MAX_SIZE
-    would leave the profile's value in force without a word.
-    """
-    env = os.environ if environ is None else environ
-    known = {_env_name(tuple(key.split("."))) for key in _all_keys(Settings)}
+    """APP_* variables that name no settings key, each with a '; did you mean ...' hint."""
+    known = {_env_name(tuple(key.split("."))) for key in all_keys(Settings)}
     known |= {CONFIG_ENV_VAR, _env_name(("config_file",))}
-    found = []
-    for name in sorted(env):
-        upper = name.upper()
-        if not upper.startswith(ENV_PREFIX) or upper in known:
-            continue
-        if any(key.startswith(upper + "__") for key in known):
-            continue  # a whole section as JSON, e.g. APP_SERVER='{"workers": 2}'
-        close = difflib.get_close_matches(upper, sorted(known), n=1, cutoff=0.75)
-        found.append((name, f"; did you mean {close[0]}?" if close else ""))
-    return found
-
-
-def _all_keys(model: type[BaseModel], prefix: str = "") -> Iterator[str]:
-    for name, field in model.model_fields.items():
-        annotation = field.annotation
-        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-            yield from _all_keys(annotation, f"{prefix}{name}.")
-        else:
-            yield f"{prefix}{name}"
+    return unmatched_env_vars(os.environ if environ is None else environ, ENV_PREFIX, known)
 
 
 @contextmanager
