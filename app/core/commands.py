@@ -28,7 +28,7 @@ from app.core.metrics import SharedSnapshots
 
 logger = logging.getLogger(__name__)
 
-POLL_SECONDS = 0.25  # a scandir of a few tiny files: ~20 us, so 4 a second cost nothing
+POLL_SECONDS = 0.5  # two scandirs of a few tiny files, ~30 us a poll
 MAX_PENDING = 16
 MAX_HANDLED = 64
 REPLY_MARGIN_SECONDS = 5.0
