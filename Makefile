@@ -14,7 +14,8 @@ HOST := 127.0.0.1
 IMAGE ?= render-memsafe-template
 
 .PHONY: help install run dev test test-fast lint fmt typecheck check bench bench-http \
-        bench-middleware loadtest emulate docker-build docker-run lock clean chaos
+        bench-middleware loadtest emulate leak-report browser docker-build docker-run lock clean \
+        chaos
 
 help: ## Show this help
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | \
@@ -22,18 +23,22 @@ help: ## Show this help
 
 $(STAMP): requirements/dev.lock
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info[:2] == (3, 11) else "Python 3.11 is required, found " + sys.version.split()[0])'
-	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet --require-hashes -r requirements/dev.lock
-	touch $(STAMP)
+	@echo "Installing the locked dependencies into $(VENV) (about 30 s the first time; again only when requirements/dev.lock changes)..."
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	@$(BIN)/python -m pip install --quiet --upgrade pip
+	@$(BIN)/python -m pip install --quiet --require-hashes -r requirements/dev.lock
+	@touch $(STAMP)
+	@echo "Dependencies installed."
 
 install: $(STAMP) ## Create .venv and install the locked dependencies (only when the lock changed)
 
-run: $(STAMP) ## Serve the app through gunicorn on http://127.0.0.1:8000 (PROFILE=local)
+# app.core.check first: gunicorn reads $$WEB_CONCURRENCY before its config, as a traceback.
+run: $(STAMP) ## Serve the app through gunicorn on http://127.0.0.1:8000 (PROFILE=local PORT=8000)
+	@APP_CONFIG=config/$(PROFILE).yaml $(BIN)/python -m app.core.check
 	APP_CONFIG=config/$(PROFILE).yaml HOST=$(HOST) PORT=$(PORT) $(BIN)/gunicorn -c config/gunicorn.conf.py app.main:app
 
-dev: $(STAMP) ## Serve the app with uvicorn --reload (development only)
-	APP_CONFIG=config/$(PROFILE).yaml $(BIN)/uvicorn app.main:app --reload --host $(HOST) --port $(PORT)
+dev: $(STAMP) ## uvicorn with reload on edits in app/, memsafe/, config/*.yaml (development only)
+	APP_CONFIG=config/$(PROFILE).yaml $(BIN)/python -m app.core.dev --host $(HOST) --port $(PORT)
 
 test: $(STAMP) ## Run the whole test suite with memsafe branch coverage (>= 90%)
 	$(BIN)/pytest --cov=memsafe --cov-branch --cov-report=term --cov-fail-under=90
@@ -78,11 +83,28 @@ loadtest: $(STAMP) ## Load-test the real server on 127.0.0.1, judge its memory (
 emulate: $(STAMP) ## Serve the app inside a cgroup shaped like a Render plan (PLAN=starter; Linux, root)
 	$(BIN)/python -m loadtests.emulate --plan $(or $(PLAN),starter) --profile $(LT_PROFILE) --port $(PORT)
 
-docker-build: ## Build the image (needs a Docker engine)
-	docker build -t $(IMAGE) .
+leak-report: $(STAMP) ## Serve the leaky app (APP=app.main:app for the real one), load it, print a 5 s allocation trace
+	$(BIN)/python -m loadtests.leak_report $(if $(APP),--app $(APP)) $(if $(SECONDS),--seconds $(SECONDS))
+
+browser: ## Install Debian's chromium for the /admin/ browser test (only as root with CI=true)
+	@if command -v chromium >/dev/null; then echo "chromium: $$(command -v chromium)"; \
+	elif [ "$${CI:-}" = true ] && [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	  echo "installing chromium for the browser test (apt-get, ~30 s)"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
+	else echo "chromium not installed: the /admin/ browser test will be skipped (apt-get install chromium)"; fi
+
+DOCKER ?= docker
+# Say what is missing instead of the daemon's raw connection errors.
+DOCKER_CHECK = command -v $(DOCKER) >/dev/null || { echo "$@: no '$(DOCKER)' command; install Docker (https://docs.docker.com/get-docker/) or set DOCKER=podman" >&2; exit 1; }; \
+  $(DOCKER) info >/dev/null 2>&1 || { echo "$@: '$(DOCKER)' is installed but its engine is not running or not reachable by $$(id -un); start it (e.g. 'sudo systemctl start docker' or Docker Desktop) and retry" >&2; exit 1; }
+
+docker-build: ## Build the image (needs a running Docker engine; DOCKER=podman works too)
+	@$(DOCKER_CHECK)
+	$(DOCKER) build -t $(IMAGE) .
 
 docker-run: ## Run the image on http://127.0.0.1:8000 with the starter profile (needs Docker)
-	docker run --rm -p 8000:10000 --memory 512m --cpus 0.5 -e ADMIN_TOKEN=$${ADMIN_TOKEN:-local-docker-admin-token} $(IMAGE)
+	@$(DOCKER_CHECK)
+	$(DOCKER) run --rm -p 8000:10000 --memory 512m --cpus 0.5 -e ADMIN_TOKEN=$${ADMIN_TOKEN:-local-docker-admin-token} $(IMAGE)
 
 bench-http: $(STAMP) ## req/s and p50/p99 of /users/{id} cache hits against a bare endpoint; idle RSS/USS
 	$(BIN)/python -m benchmarks.bench_http

@@ -17,8 +17,11 @@ from prometheus_client import CollectorRegistry
 from app.api.deps import AppState
 from app.api.errors import add_error_handlers
 from app.api.routes import admin, docs, health, metrics, payload, users
+from app.core.actions import worker_actions
+from app.core.commands import CommandBus
 from app.core.config import MIB, Settings, get_settings, log_settings
 from app.core.draining import DrainMiddleware, worker_drain
+from app.core.history import WorkerHistory
 from app.core.logging import RequestIdMiddleware, configure_logging
 from app.core.metrics import (
     LiveCollector,
@@ -104,6 +107,11 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     state.cleanup = cleanup
     worker_drain.bind_loop(asyncio.get_running_loop())
     publisher = _start_publisher(state)
+    if settings.history.interval_seconds is not None:  # memory history for /admin/
+        state.history = WorkerHistory(settings, state)
+        state.history.start()
+    state.commands = CommandBus(state.shared, worker_actions(state))  # admin on every worker
+    state.commands.start()
     logger.info(
         "worker ready: %d users in %s, cache %r max_size=%d, rss %.1f MiB",
         store_settings.seed_users,
@@ -116,7 +124,13 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         yield
     finally:
         state.users = None
+        if state.history is not None:  # before reset(): a drain means this worker is recycled
+            await state.history.stop(is_recycle=worker_drain.is_draining)
+            state.history = None
         worker_drain.reset()
+        if state.commands is not None:
+            await state.commands.stop()
+            state.commands = None
         if publisher is not None:
             publisher.cancel()
             with contextlib.suppress(asyncio.CancelledError):

@@ -17,6 +17,7 @@ from memsafe.cleanup import (
 )
 from memsafe.decorators import cached
 from memsafe.errors import MemsafeError
+from memsafe.history import HistoryData, HistoryEvent, MemoryHistory
 from memsafe.manager import CacheManager, cache_manager
 from memsafe.middleware import (
     MemoryMonitor,
@@ -34,9 +35,12 @@ from memsafe.probes import (
 )
 from memsafe.recycle import RSSRecycler, check_worker_rss, request_worker_exit
 from memsafe.singleton import AgentSingleton, SingletonMeta, singleton_stats
+from memsafe.tracing import AllocationSite, AllocationTracer, TraceBusyError, TraceReport
 
 __all__ = [
     "AgentSingleton",
+    "AllocationSite",
+    "AllocationTracer",
     "BoundedDict",
     "BoundedList",
     "CacheManager",
@@ -44,8 +48,11 @@ __all__ = [
     "CleanupConfig",
     "CleanupEvent",
     "ContainerMemory",
+    "HistoryData",
+    "HistoryEvent",
     "LRUCache",
     "MemoryCleanupService",
+    "MemoryHistory",
     "MemoryMonitor",
     "MemoryMonitorMiddleware",
     "MemsafeError",
@@ -54,6 +61,8 @@ __all__ = [
     "RSSRecycler",
     "ReleaseResult",
     "SingletonMeta",
+    "TraceBusyError",
+    "TraceReport",
     "cache_manager",
     "cached",
     "check_worker_rss",

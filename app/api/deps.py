@@ -12,6 +12,8 @@ from pydantic import BaseModel, SecretStr
 from app.core.config import Settings
 
 if TYPE_CHECKING:
+    from app.core.commands import CommandBus
+    from app.core.history import WorkerHistory
     from app.core.metrics import RequestMetrics, SharedSnapshots
     from app.services.users import UserDataService
     from app.store import UserStore
@@ -33,6 +35,8 @@ class AppState:
     users: UserDataService | None = None
     cleanup: MemoryCleanupService | None = None
     shared: SharedSnapshots | None = None
+    history: WorkerHistory | None = None
+    commands: CommandBus | None = None
 
 
 def _state(request: Request) -> AppState:

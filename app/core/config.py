@@ -36,6 +36,12 @@ from app.core.access_settings import (
     HealthSettings,
     MetricsSettings,
 )
+from app.core.config_checks import (
+    all_keys,
+    unmatched_env_vars,
+    web_concurrency_problem,
+    yaml_error_where,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -135,6 +141,33 @@ class MonitorSettings(_Section):
     metrics_share_seconds: float | None = Field(default=5.0, gt=0, le=300)
 
 
+class HistorySettings(_Section):
+    """The per-worker memory history behind /admin/ and /admin/memory/history."""
+
+    interval_seconds: float | None = Field(
+        default=10.0,
+        ge=1.0,
+        le=3600.0,
+        description="Seconds between two samples; null: no history.",
+    )
+    max_samples: int = Field(default=360, ge=2, le=100_000, description="Samples kept per worker.")
+    max_events: int = Field(default=100, ge=1, le=10_000, description="Events kept per worker.")
+    max_workers: int = Field(
+        default=16, ge=1, le=256, description="Workers shown, live and exited."
+    )
+
+
+class TraceSettings(_Section):
+    """POST /admin/memory/trace: a tracemalloc window on every worker."""
+
+    max_seconds: float = Field(
+        default=60.0, gt=0.0, le=600.0, description="Longest trace window, s."
+    )
+    top_n: int = Field(
+        default=15, ge=1, le=1000, description="Allocation sites reported per worker."
+    )
+
+
 class PayloadSettings(_Section):
     """The /payload demo endpoint."""
 
@@ -198,6 +231,8 @@ class Settings(BaseSettings):
     caches: CachesSettings = CachesSettings()
     memory: MemorySettings = MemorySettings()
     monitor: MonitorSettings = MonitorSettings()
+    history: HistorySettings = HistorySettings()
+    trace: TraceSettings = TraceSettings()
     payload: PayloadSettings = PayloadSettings()
     store: StoreSettings = StoreSettings()
     logging: LoggingSettings = LoggingSettings()
@@ -267,12 +302,10 @@ def _read_yaml(path: Path) -> dict[str, Any]:
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
         problem = getattr(exc, "problem", None) or "syntax error"
         msg = (
-            f"settings file {str(path)!r} is not valid YAML{where}: {problem}; "
-            "allowed: a YAML mapping of the keys in config/local.yaml"
+            f"settings file {str(path)!r} is not valid YAML{yaml_error_where(path, exc)}: "
+            f"{problem}; allowed: a YAML mapping of the keys in config/local.yaml"
         )
         raise SettingsError(msg) from None
     if data is None:
@@ -427,13 +460,25 @@ def load_settings(path: str | Path | None = None) -> Settings:
     if "config_file" in data:
         msg = f"invalid settings in file {str(yaml_path)!r}: unknown key 'config_file'"
         raise SettingsError(msg)
+    problem = web_concurrency_problem(os.environ.get("WEB_CONCURRENCY", ""))
+    if problem is not None:
+        raise SettingsError(f"invalid settings in env WEB_CONCURRENCY: {problem}")
     with _yaml_source(yaml_path):
         try:
             settings = Settings(config_file=yaml_path)
         except ValidationError as exc:
             raise _from_validation_error(exc, yaml_path) from None
+    for name, hint in unknown_env_vars():
+        logger.warning("env %s matches no settings key and is ignored%s", name, hint)
     _check_cross_fields(settings, yaml_path)
     return settings
+
+
+def unknown_env_vars(environ: Mapping[str, str] | None = None) -> list[tuple[str, str]]:
+    """APP_* variables that name no settings key, each with a '; did you mean ...' hint."""
+    known = {_env_name(tuple(key.split("."))) for key in all_keys(Settings)}
+    known |= {CONFIG_ENV_VAR, _env_name(("config_file",))}
+    return unmatched_env_vars(os.environ if environ is None else environ, ENV_PREFIX, known)
 
 
 @contextmanager
@@ -451,8 +496,16 @@ def get_settings() -> Settings:
 
 
 def log_settings(settings: Settings) -> None:
-    """Log the effective settings once, on one line, secrets masked."""
-    logger.info("effective settings: %s", _flatten(settings.masked()))
+    """Log the effective settings once, one line per section, secrets masked.
+
+    One 1,200-character line was unreadable in a terminal and in Render's log view; the
+    whole set is also at GET /admin/settings (admin token).
+    """
+    data = settings.masked()
+    logger.info("effective settings from %s (also at GET /admin/settings):", data["config_file"])
+    for section, values in data.items():
+        if isinstance(values, Mapping):
+            logger.info("  %s: %s", section, _flatten(values))
 
 
 def _flatten(data: Mapping[str, Any], prefix: str = "") -> str:

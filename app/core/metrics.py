@@ -234,12 +234,24 @@ class SharedSnapshots:
     tolerate files vanishing or half-written by skipping them.
     """
 
-    def __init__(self, directory: Path, *, max_age_seconds: float) -> None:
+    def __init__(
+        self,
+        directory: Path,
+        *,
+        max_age_seconds: float,
+        prefix: str = "worker",
+        keep_exited: bool = False,
+    ) -> None:
+        # prefix: one kind of file per prefix in the same directory ("worker" metrics,
+        # "history"). keep_exited: an exited worker's file stays until max_age_seconds (a
+        # recycled worker's memory history is the interesting one); readers see "is_alive".
         self.directory = directory
         self.max_age_seconds = max_age_seconds
+        self.prefix = prefix
+        self.keep_exited = keep_exited
 
     def _path(self, pid: int) -> Path:
-        return self.directory / f"worker-{pid}.json"
+        return self.directory / f"{self.prefix}-{pid}.json"
 
     def ensure_directory(self) -> None:
         """Create the directory (mode 0o700) if missing and check that it is safe to use.
@@ -282,7 +294,7 @@ class SharedSnapshots:
         """Write this worker's snapshot (atomic replace) into the checked directory."""
         self.ensure_directory()
         pid = int(snapshot["pid"])
-        tmp = self.directory / f".worker-{pid}.tmp"
+        tmp = self.directory / f".{self.prefix}-{pid}.tmp"
         data = json.dumps(snapshot, separators=(",", ":")).encode()
         # O_NOFOLLOW: never write through a link planted under the temporary name.
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
@@ -295,29 +307,42 @@ class SharedSnapshots:
         with contextlib.suppress(FileNotFoundError):
             self._path(pid).unlink()
 
-    def others(self, own_pid: int) -> list[Snapshot]:
-        """Fresh snapshots of the other live workers; stale or dead workers' files are removed."""
+    def others(self, own_pid: int, max_files: int | None = None) -> list[Snapshot]:
+        """Fresh snapshots of the other live workers; stale or dead workers' files are removed.
+
+        With `keep_exited`, dead workers' files are kept (until stale) and each snapshot gets
+        `is_alive`; with `max_files`, only the newest that many are read, older ones removed.
+        """
         snapshots: list[Snapshot] = []
         if not self._is_existing_directory_safe():
             return snapshots  # missing, or not ours: read nothing planted by someone else
         try:
-            paths = list(self.directory.glob("worker-*.json"))
+            paths = list(self.directory.glob(f"{self.prefix}-*.json"))
         except OSError:
             return snapshots
         now = time.time()
+        found: list[tuple[float, int, Path]] = []
         for path in paths:
             try:
-                pid = int(path.stem.removeprefix("worker-"))
-            except ValueError:
+                pid = int(path.stem.removeprefix(f"{self.prefix}-"))
+                mtime = path.stat().st_mtime
+            except (ValueError, OSError):
                 continue
-            if pid == own_pid:
-                continue
+            if pid != own_pid:
+                found.append((mtime, pid, path))
+        found.sort(reverse=True)
+        for index, (mtime, pid, path) in enumerate(found):
             try:
-                is_stale = now - path.stat().st_mtime > self.max_age_seconds
-                if is_stale or not _is_alive(pid):
+                is_alive = _is_alive(pid)
+                is_stale = now - mtime > self.max_age_seconds
+                is_extra = max_files is not None and index >= max_files
+                if is_stale or is_extra or not (is_alive or self.keep_exited):
                     path.unlink()
                     continue
-                snapshots.append(json.loads(path.read_text(encoding="utf-8")))
+                snapshot = json.loads(path.read_text(encoding="utf-8"))
+                if self.keep_exited:
+                    snapshot["is_alive"] = is_alive
+                snapshots.append(snapshot)
             except (OSError, ValueError):
                 continue  # vanished or being replaced: the next scrape sees it
         return snapshots

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hmac
+import os
 
 import pytest
 
@@ -70,14 +71,19 @@ def test_cache_stats(client: TestClient, admin_headers: dict[str, str]) -> None:
 def test_clear_caches(client: TestClient, admin_headers: dict[str, str]) -> None:
     client.get("/users/1")
     client.get("/users/2")
-    assert client.post("/admin/caches/clear", headers=admin_headers).json() == {"cleared": 2}
+    body = client.post("/admin/caches/clear", headers=admin_headers).json()
+    assert body == {"cleared": 2, "workers": [{"pid": os.getpid(), "cleared": 2}]}
     assert client.get("/health").json()["caches"]["caches"]["users"]["size"] == 0
 
 
 def test_clear_one_cache_by_name(client: TestClient, admin_headers: dict[str, str]) -> None:
     client.get("/users/1")
     response = client.post("/admin/caches/clear", params={"name": "users"}, headers=admin_headers)
-    assert response.json() == {"cleared": 1, "cache": "users"}
+    assert response.json() == {
+        "cleared": 1,
+        "cache": "users",
+        "workers": [{"pid": os.getpid(), "cleared": 1}],
+    }
 
 
 def test_clear_unknown_cache_is_404(client: TestClient, admin_headers: dict[str, str]) -> None:
@@ -94,6 +100,7 @@ def test_forced_cleanup_runs_a_pass(
     body = client.post("/admin/cleanup", params={"level": level}, headers=admin_headers).json()
     assert body["event"]["level"] == level
     assert body["event"]["actions"]
+    assert [w["pid"] for w in body["workers"]] == [os.getpid()]
 
 
 def test_cleanup_refuses_recycle_level(client: TestClient, admin_headers: dict[str, str]) -> None:
@@ -122,3 +129,13 @@ def test_admin_before_startup_is_503(settings: Settings, admin_headers: dict[str
     c = TestClient(create_app(settings))  # not entered: the lifespan has not run
     assert c.get("/admin/caches", headers=admin_headers).status_code == 503
     assert c.post("/admin/cleanup", headers=admin_headers).status_code == 503
+
+
+def test_effective_settings_are_served_masked(
+    client: TestClient, admin_headers: dict[str, str]
+) -> None:
+    body = client.get("/admin/settings", headers=admin_headers).json()
+    assert body["server"]["workers"] == 2
+    assert body["admin"]["token"] == "**********"
+    assert body["history"]["max_samples"] == 360
+    assert client.get("/admin/settings").status_code == 401

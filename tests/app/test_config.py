@@ -96,11 +96,15 @@ def test_effective_settings_are_logged_with_secrets_masked(
     settings = load_settings(write_profile())
     with caplog.at_level(logging.INFO, logger="app.core.config"):
         log_settings(settings)
-    assert len(caplog.records) == 1
-    line = caplog.records[0].getMessage()
-    assert "admin.token=**********" in line
-    assert "s3cret-value" not in line
-    assert "server.workers=2" in line
+    lines = [record.getMessage() for record in caplog.records]
+    assert "/admin/settings" in lines[0]
+    assert "  admin: token=**********" in lines
+    assert not any("s3cret-value" in line for line in lines)
+    assert any(line.startswith("  server: workers=2 ") for line in lines)
+    assert any(line.startswith("  caches: ") and "users.max_size=" in line for line in lines)
+    # One line per section, each short enough to read (the single line was 1,183 chars).
+    assert len(lines) == 1 + sum(isinstance(v, dict) for v in settings.masked().values())
+    assert max(map(len, lines)) < 400
 
 
 def _error(path: Path) -> str:
@@ -342,3 +346,56 @@ def test_store_path_in_a_new_directory_is_accepted(
 ) -> None:
     value = tmp_path / "new" / "deeper" / "app.sqlite3"
     assert load_settings(write_profile({"store": {"path": str(value)}})).store.path == value
+
+
+@pytest.mark.parametrize("raw", ["abc", "0", "33", "-1", "2.5"])
+def test_bad_web_concurrency_is_refused_even_when_app_env_overrides_it(
+    write_profile: ProfileWriter, monkeypatch: pytest.MonkeyPatch, raw: str
+) -> None:
+    # gunicorn reads int($WEB_CONCURRENCY) at import, whatever APP_SERVER__WORKERS says.
+    monkeypatch.setenv("WEB_CONCURRENCY", raw)
+    monkeypatch.setenv("APP_SERVER__WORKERS", "2")
+    with pytest.raises(SettingsError) as info:
+        load_settings(write_profile())
+    assert f"env WEB_CONCURRENCY: {raw!r}" in str(info.value)
+    assert "allowed: an integer 1-32" in str(info.value)
+
+
+def test_app_env_vars_matching_no_key_are_warned_about(
+    write_profile: ProfileWriter, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setenv("APP_CACHE__USERS__MAX_SIZE", "5")
+    monkeypatch.setenv("APP_NOTHING_LIKE_IT", "1")
+    monkeypatch.setenv("APP_CACHES__USERS__MAX_SIZE", "7")  # a real key: no warning
+    monkeypatch.setenv("APP_SERVER", '{"workers": 3}')  # a whole section: no warning
+    with caplog.at_level(logging.WARNING, logger="app.core.config"):
+        settings = load_settings(write_profile())
+    assert settings.caches.users.max_size == 7
+    warnings = [r.getMessage() for r in caplog.records]
+    assert warnings == [
+        "env APP_CACHE__USERS__MAX_SIZE matches no settings key and is ignored; "
+        "did you mean APP_CACHES__USERS__MAX_SIZE?",
+        "env APP_NOTHING_LIKE_IT matches no settings key and is ignored",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("broken", "expected"),
+    [
+        ("  workers: [2", "at line 10 ('workers: [2'; the parser stopped at line 13, column 3)"),
+        ('  workers: "2', "at line 10 ('workers: \"2'; the parser stopped at line 11"),
+        (" workers: 2", "at line 10 ('workers: 2'; the parser stopped at line 13, column 3)"),
+        ("  workers: 2: 3", "at line 10, column 13 ('workers: 2: 3')"),
+    ],
+)
+def test_yaml_syntax_error_points_at_the_broken_line(
+    tmp_path: Path, broken: str, expected: str
+) -> None:
+    lines = (ROOT / "config" / "local.yaml").read_text().splitlines()
+    assert lines[9].strip() == "workers: 2"  # line 10, followed by comment lines
+    lines[9] = broken
+    path = tmp_path / "broken.yaml"
+    path.write_text("\n".join(lines) + "\n")
+    with pytest.raises(SettingsError) as info:
+        load_settings(path)
+    assert expected.replace('\\"', '"') in str(info.value)

@@ -66,7 +66,12 @@ class Server:
 ServerFactory = Callable[..., Server]
 
 
-def spawn(tmp_path: Path, env_overrides: dict[str, str], profile: str = "local") -> Server:
+def spawn(
+    tmp_path: Path,
+    env_overrides: dict[str, str],
+    profile: str = "local",
+    app: str = "app.main:app",
+) -> Server:
     """Start gunicorn exactly like `make run`, with a private data dir and the given env."""
     port = free_port()
     env = {
@@ -89,7 +94,7 @@ def spawn(tmp_path: Path, env_overrides: dict[str, str], profile: str = "local")
     log_path = tmp_path / f"gunicorn-{port}.log"
     with log_path.open("wb") as log_file:
         process = subprocess.Popen(
-            [str(GUNICORN), "-c", "config/gunicorn.conf.py", "app.main:app"],
+            [str(GUNICORN), "-c", "config/gunicorn.conf.py", app],
             cwd=ROOT,
             env=env,
             stdout=log_file,

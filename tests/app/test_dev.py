@@ -1,0 +1,82 @@
+"""`make dev` and `make run`'s pre-check: app.core.dev and app.core.check."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from app.core import check, dev
+from tests.app.conftest import ROOT
+
+
+def test_dev_watches_only_the_sources_and_profiles() -> None:
+    assert dev.WATCHED_DIRS == ["app", "memsafe", "config"]
+    assert "*.yaml" in dev.WATCHED_PATTERNS
+    assert all((ROOT / d).is_dir() for d in dev.WATCHED_DIRS)
+
+
+def test_dev_logs_requests_once_in_the_app_format() -> None:
+    config = dev.log_config("INFO")
+    assert config["loggers"]["uvicorn.access"]["level"] == "WARNING"
+    assert config["formatters"]["app"]["()"] == "app.core.logging.OneLineFormatter"
+
+
+def test_dev_refuses_bad_settings_in_one_line(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("WEB_CONCURRENCY", "abc")
+    assert dev.main(["--port", "1"]) == 2
+    assert capsys.readouterr().err.startswith("invalid configuration: ")
+
+
+def test_check_is_silent_when_valid(capsys: pytest.CaptureFixture[str]) -> None:
+    assert check.main() == 0
+    assert capsys.readouterr() == ("", "")
+
+
+def test_check_names_a_bad_web_concurrency_where_gunicorn_would_crash() -> None:
+    env = {"PATH": "/usr/bin:/bin", "WEB_CONCURRENCY": "abc", "APP_CONFIG": "config/local.yaml"}
+    result = subprocess.run(
+        [sys.executable, "-m", "app.core.check"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        "invalid configuration: invalid settings in env WEB_CONCURRENCY: 'abc' is not a worker "
+        "count; allowed: an integer 1-32, or unset (server.workers from the profile)"
+    ]
+
+
+def _make(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        ["make", "--no-print-directory", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=60,
+    )
+
+
+def test_docker_build_without_the_command_says_what_is_missing() -> None:
+    result = _make("docker-build", "DOCKER=/nonexistent/docker")
+    assert result.returncode != 0
+    assert "docker-build: no '/nonexistent/docker' command; install Docker" in result.stderr
+    assert "Cannot connect" not in result.stderr
+
+
+def test_docker_run_without_an_engine_says_it_is_not_running() -> None:
+    result = _make("docker-run", "DOCKER=false")  # a command that exists; its `info` fails
+    assert result.returncode != 0
+    assert "docker-run: 'false' is installed but its engine is not running" in result.stderr
+
+
+def test_first_install_says_what_it_is_doing() -> None:
+    result = _make("-n", "-W", "requirements/dev.lock", "install")
+    assert "Installing the locked dependencies into .venv" in result.stdout

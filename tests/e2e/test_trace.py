@@ -1,0 +1,158 @@
+"""Finding the leak on a real gunicorn serving the leaky app: the trace, and the history that
+outlives a recycled worker."""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.e2e.conftest import ROOT, Server, spawn
+from tests.e2e.test_server import _profile_without_memory_limits
+
+pytestmark = [pytest.mark.slow, pytest.mark.e2e]
+TOKEN = "e2e-trace-token"
+HEADERS = {"Authorization": f"Bearer {TOKEN}"}
+LEAK_LINE = next(
+    number
+    for number, text in enumerate((ROOT / "loadtests" / "leaky_app.py").read_text().splitlines(), 1)
+    if "LEAKED.append(" in text
+)
+
+
+@pytest.fixture
+def leaky_server(tmp_path: Path) -> Iterator[Server]:
+    env = {
+        "ADMIN_TOKEN": TOKEN,
+        "APP_SERVER__WORKERS": "2",
+        "APP_MONITOR__METRICS_SHARE_SECONDS": "1",
+        "LEAKY_APP_KIB_PER_REQUEST": "16",
+    }
+    server = spawn(tmp_path, env, app="loadtests.leaky_app:app")
+    try:
+        server.wait_ready(2)
+        yield server
+    finally:
+        server.stop()
+
+
+def _load(url: str, stop: threading.Event) -> None:
+    # New connections each time, so both workers get traffic.
+    user_id = 0
+    while not stop.is_set():
+        user_id = user_id % 500 + 1
+        with contextlib.suppress(httpx.TransportError):
+            httpx.get(f"{url}/users/{user_id}", timeout=5.0)
+
+
+def _wait_for_two_workers(client: httpx.Client) -> None:
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:
+        body = client.post("/admin/caches/clear", headers=HEADERS).json()
+        if len(body["workers"]) == 2:
+            return
+        time.sleep(0.5)
+    raise AssertionError("the second worker never published its snapshot")
+
+
+def test_trace_names_the_leaking_line_on_every_worker(leaky_server: Server) -> None:
+    stop = threading.Event()
+    threads = [
+        threading.Thread(target=_load, args=(leaky_server.url, stop), daemon=True) for _ in range(4)
+    ]
+    with httpx.Client(base_url=leaky_server.url, timeout=30.0) as client:
+        _wait_for_two_workers(client)
+        for thread in threads:
+            thread.start()
+        try:
+            second: list[httpx.Response] = []
+            racer = threading.Timer(
+                1.0,
+                lambda: second.append(
+                    httpx.post(
+                        f"{leaky_server.url}/admin/memory/trace",
+                        params={"seconds": 1},
+                        headers=HEADERS,
+                        timeout=10,
+                    )
+                ),
+            )
+            racer.start()
+            response = client.post("/admin/memory/trace", params={"seconds": 3}, headers=HEADERS)
+            racer.join()
+        finally:
+            stop.set()
+            for thread in threads:
+                thread.join(10)
+        assert second[0].status_code == 409, second[0].text
+        assert "already running" in second[0].json()["detail"]
+        assert response.status_code == 200, response.text
+        workers = response.json()["workers"]
+        assert len({w["pid"] for w in workers}) == 2
+        for worker in workers:
+            assert "error" not in worker, worker
+            top = worker["top"][0]
+            assert top["site"] == f"loadtests/leaky_app.py:{LEAK_LINE}", worker["top"][:3]
+            assert top["count_diff"] >= 2 and top["size_diff_bytes"] >= 2 * 16 * 1024
+            routes = [r["route"] for r in worker["routes"]]
+            assert "GET /users/{user_id}" in routes, worker["routes"]
+        # Both workers filled their caches under the load; one clear empties both.
+        cleared = client.post("/admin/caches/clear", headers=HEADERS).json()
+        assert {w["pid"] for w in cleared["workers"]} == {w["pid"] for w in workers}
+        assert all(w["cleared"] > 0 for w in cleared["workers"]), cleared
+        # One worker only, by pid; a pid that is not a worker is 404; N over the bound is 422.
+        pid = workers[1]["pid"]
+        one = client.post("/admin/memory/trace", params={"seconds": 1, "pid": pid}, headers=HEADERS)
+        assert [w["pid"] for w in one.json()["workers"]] == [pid]
+        missing = client.post(
+            "/admin/memory/trace", params={"seconds": 1, "pid": 1}, headers=HEADERS
+        )
+        assert missing.status_code == 404 and str(pid) in missing.json()["detail"]
+        too_long = client.post("/admin/memory/trace", params={"seconds": 601}, headers=HEADERS)
+        assert too_long.status_code == 422 and "trace.max_seconds" in too_long.text
+
+
+def test_history_keeps_a_recycled_workers_hour_with_its_recycle_event(tmp_path: Path) -> None:
+    profile = _profile_without_memory_limits(tmp_path)
+    env = {
+        "ADMIN_TOKEN": TOKEN,
+        "APP_CONFIG": str(profile),
+        "APP_SERVER__WORKERS": "1",
+        "APP_SERVER__MAX_WORKER_RSS_MB": "120",  # ~60 MiB above a fresh worker: ~1,000 requests
+        "APP_SERVER__RSS_CHECK_INTERVAL_SECONDS": "0.5",
+        "APP_MONITOR__METRICS_SHARE_SECONDS": "1",
+        "APP_HISTORY__INTERVAL_SECONDS": "1",
+        "LEAKY_APP_KIB_PER_REQUEST": "64",
+    }
+    server = spawn(tmp_path, env, app="loadtests.leaky_app:app")
+    try:
+        server.wait_ready(1)
+        deadline = time.monotonic() + 60
+        with httpx.Client(base_url=server.url, timeout=10.0) as client:
+            first = client.get("/health").json()["pid"]
+            while time.monotonic() < deadline:
+                for user_id in range(1, 50):
+                    with contextlib.suppress(httpx.TransportError):
+                        client.get(f"/users/{user_id}")
+                try:
+                    data = client.get("/admin/memory/history", headers=HEADERS).json()
+                except httpx.TransportError:
+                    continue
+                exited = [w for w in data["workers"] if w["pid"] == first and not w["is_alive"]]
+                if exited:
+                    break
+            else:
+                raise AssertionError(f"worker {first} never recycled:\n{server.log()[-2000:]}")
+        (old,) = exited
+        assert old["events"][0]["kind"] == "start"
+        assert old["events"][-1]["kind"] == "recycle", old["events"]
+        assert max(old["rss_bytes"]) > 100 * 1024 * 1024  # its climb towards the cap is kept
+        live = [w for w in data["workers"] if w["is_alive"]]
+        assert len(live) == 1 and live[0]["pid"] != first
+    finally:
+        server.stop()
