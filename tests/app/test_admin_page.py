@@ -104,10 +104,10 @@ def test_expired_tampered_or_foreign_sessions_are_invalid(
 def test_rotating_the_token_ends_sessions(
     make_client: ClientFactory, write_profile: ProfileWriter, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setenv("ADMIN_TOKEN", "first")
+    monkeypatch.setenv("ADMIN_TOKEN", "first-admin-token-0001")
     first = make_client(load_settings(write_profile()))
     value = session_value(first.app.state.runtime)  # type: ignore[attr-defined]
-    monkeypatch.setenv("ADMIN_TOKEN", "second")
+    monkeypatch.setenv("ADMIN_TOKEN", "second-admin-token-0002")
     second = make_client(load_settings(write_profile(name="second.yaml")))
     assert not is_session_valid(second.app.state.runtime, value)  # type: ignore[attr-defined]
 

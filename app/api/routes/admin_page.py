@@ -23,7 +23,7 @@ from urllib.parse import parse_qs
 from fastapi import APIRouter, Depends, HTTPException, Request, status
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
-from app.api.deps import AppState, StateDep, require_admin
+from app.api.deps import TOKEN_RESPONSES, AppState, ErrorBody, StateDep, require_admin
 from app.core.admin_charts import login_page, page
 from app.core.history import thresholds_mb
 
@@ -102,7 +102,14 @@ def _history(state: AppState) -> dict[str, Any]:
     }
 
 
-@router.get("/memory/history", dependencies=[Depends(require_admin_or_session)])
+@router.get(
+    "/memory/history",
+    dependencies=[Depends(require_admin_or_session)],
+    responses={
+        **TOKEN_RESPONSES,
+        503: {"model": ErrorBody, "description": "The memory history is off or not started"},
+    },
+)
 async def memory_history(state: StateDep) -> dict[str, Any]:
     """Every worker's memory samples (RSS, cgroup, caches, level) and events, as columns."""
     if state.history is None:
