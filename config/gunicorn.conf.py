@@ -100,6 +100,7 @@ from memsafe import RSSRecycler  # noqa: E402  (needs sys.path above)
 _recycler = RSSRecycler(
     _server.max_worker_rss_mb,
     check_interval_seconds=_server.rss_check_interval_seconds,
+    overlap_max_workers=_server.recycle_overlap_max_workers,
 )
 # post_worker_init (wrap the app, start the watchdog), worker_exit (log a recycle) and
 # child_exit (master: give back the overlap's extra worker slot), as memsafe's docs show.
