@@ -17,14 +17,17 @@ help: ## Show this help
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | \
 	  awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-13s\033[0m %s\n", $$1, $$2}'
 
-$(STAMP): requirements/dev.lock
+$(STAMP): requirements/dev.lock memsafe/pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info[:2] == (3, 11) else "Python 3.11 is required, found " + sys.version.split()[0])'
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet --require-hashes -r requirements/dev.lock
+	@# memsafe as its own distribution, editable, so `import memsafe` works from any directory
+	@# with .venv/bin/python (no dependency: psutil comes from the lock above).
+	$(BIN)/python -m pip install --quiet --no-deps --editable ./memsafe
 	touch $(STAMP)
 
-install: $(STAMP) ## Create .venv and install the locked dependencies (only when the lock changed)
+install: $(STAMP) ## Create .venv, install the locked dependencies and memsafe (editable)
 
 run: $(STAMP) ## Serve the app through gunicorn on http://127.0.0.1:8000 (PROFILE=local)
 	APP_CONFIG=config/$(PROFILE).yaml PORT=$(PORT) $(BIN)/gunicorn -c config/gunicorn.conf.py app.main:app
