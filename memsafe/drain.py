@@ -64,8 +64,9 @@ class WorkerDrain:
         self._is_exit_requested = False
 
     def bind_running_loop(self) -> None:
-        """Bind the running loop unless one is bound already (cheap: called per request)."""
-        if self._loop is None:
+        """Bind the running loop unless an open one is bound (cheap: called per request)."""
+        loop = self._loop
+        if loop is None or loop.is_closed():
             self._loop = asyncio.get_running_loop()
 
     def request_exit(self, reason: str) -> None:
