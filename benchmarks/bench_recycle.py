@@ -4,8 +4,9 @@ Serves the template exactly as `make run` does (config/gunicorn.conf.py, the sta
 with loadtests.leaky_app, which leaks LEAK_KIB per request, so workers keep crossing
 max_worker_rss_mb and get recycled. Keep-alive connections driven by plain http.client send
 a fixed request rate and never retry: any error is a failed request. Each case runs twice in
-the same process: with the recycle overlap (a lone worker's replacement serves before it
-drains) and, as the anchor, without it (server.recycle_overlap_max_workers=0).
+the same process: with the recycle overlap (a recycling worker's replacement serves before
+it drains; server.recycle_overlap_max_workers = the worker count) and, as the anchor,
+without it (server.recycle_overlap_max_workers=0).
 
     .venv/bin/python -m benchmarks.bench_recycle              # asgi + uvicorn, 1 and 2 workers
     .venv/bin/python -m benchmarks.bench_recycle --duration 20 --workers 1 --worker-class asgi
@@ -212,7 +213,7 @@ def run_case(args: argparse.Namespace, worker_class: str, workers: int, overlap:
             "WEB_CONCURRENCY": str(workers),
             "APP_SERVER__WORKER_CLASS": worker_class,
             "APP_SERVER__MAX_WORKER_RSS_MB": str(args.max_worker_rss_mb),
-            "APP_SERVER__RECYCLE_OVERLAP_MAX_WORKERS": "1" if overlap else "0",
+            "APP_SERVER__RECYCLE_OVERLAP_MAX_WORKERS": str(workers) if overlap else "0",
             "APP_STORE__PATH": str(Path(tmp) / "app.sqlite3"),
             "APP_LOGGING__ACCESS_LOG": "false",
             "LEAKY_APP_KIB_PER_REQUEST": str(args.leak_kib),

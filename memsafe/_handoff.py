@@ -4,8 +4,10 @@ The recycling worker asks the master for one more worker (SIGTTIN), keeps servin
 that worker reports ready, and only then drains and exits; the master's ``child_exit``
 hook gives the extra slot back (``num_workers -= 1``) when the old worker is reaped, so no
 third worker is forked. Workers and master talk through marker files in one private
-directory per master: ``handoff-<pid>`` (a worker waits for its replacement) and
-``ready-<pid>`` (a worker booted while a handoff was pending).
+directory per master: ``handoff-<pid>`` (a worker waits for its replacement),
+``ready-<pid>`` (a worker booted while a handoff was pending) and ``claimed-<pid>`` (that
+worker took over from one waiting worker: two workers recycling at once each wait for their
+own replacement).
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ logger = logging.getLogger(__name__)
 
 HANDOFF_PREFIX: Final = "handoff-"
 READY_PREFIX: Final = "ready-"
+CLAIMED_PREFIX: Final = "claimed-"
 POLL_SECONDS: Final = 0.02
 
 
@@ -87,7 +90,7 @@ def start_replacement(
     def wait_then_go() -> None:
         deadline = time.monotonic() + timeout_seconds
         while time.monotonic() < deadline:
-            if _names(directory, READY_PREFIX) - ready_before:
+            if _claim(directory, _names(directory, READY_PREFIX) - ready_before):
                 logger.info("worker pid %d: replacement ready, draining now", os.getpid())
                 break
             time.sleep(POLL_SECONDS)
@@ -104,6 +107,16 @@ def start_replacement(
     return True
 
 
+def _claim(directory: Path, ready: set[str]) -> bool:
+    """Take one of the ``ready`` replacements for this worker (atomic rename); True if won."""
+    for name in sorted(ready):
+        claimed = CLAIMED_PREFIX + name.removeprefix(READY_PREFIX)
+        with contextlib.suppress(OSError):  # another waiting worker took it first
+            os.rename(directory / name, directory / claimed)
+            return True
+    return False
+
+
 def mark_ready(master_pid: int) -> None:
     """In a worker that now serves: tell any worker waiting for a replacement."""
     directory = handoff_dir(master_pid)
@@ -116,8 +129,9 @@ def mark_ready(master_pid: int) -> None:
 def give_back_slot(server: Any, worker_pid: int) -> bool:
     """In the master, for a reaped worker: undo its SIGTTIN; True when it had asked for one."""
     directory = handoff_dir(os.getpid())
-    with contextlib.suppress(OSError):
-        (directory / f"{READY_PREFIX}{worker_pid}").unlink()
+    for prefix in (READY_PREFIX, CLAIMED_PREFIX):
+        with contextlib.suppress(OSError):
+            (directory / f"{prefix}{worker_pid}").unlink()
     try:
         (directory / f"{HANDOFF_PREFIX}{worker_pid}").unlink()
     except OSError:

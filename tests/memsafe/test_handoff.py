@@ -20,7 +20,7 @@ MIB = 1024 * 1024
 
 @pytest.fixture(autouse=True)
 def _private_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(_handoff.tempfile, "gettempdir", lambda: str(tmp_path))
+    monkeypatch.setattr("memsafe._handoff.tempfile.gettempdir", lambda: str(tmp_path))
 
 
 class Master:
@@ -49,9 +49,14 @@ def test_a_lone_worker_asks_for_its_replacement_and_drains_once_it_is_ready() ->
     recycler.post_fork(master, Worker(os.getpid()))
     assert recycler._is_overlapping
     drained = threading.Event()
+
+    def drain() -> None:
+        reasons.append("drain")
+        drained.set()
+
     started = _handoff.start_replacement(
         master.pid,
-        lambda: (reasons.append("drain"), drained.set()),
+        drain,
         timeout_seconds=10,
         kill=lambda pid, sig: kills.append((pid, sig)),
     )
@@ -116,6 +121,18 @@ def test_a_worker_boot_marks_ready_only_while_a_handoff_waits() -> None:
     (directory / "handoff-1").touch()
     _handoff.mark_ready(os.getpid())
     assert (directory / f"ready-{os.getpid()}").exists()
+
+
+def test_two_waiting_workers_never_take_the_same_replacement(tmp_path: Path) -> None:
+    directory = _handoff.handoff_dir(1)
+    directory.mkdir(mode=0o700)
+    (directory / "ready-10").touch()
+    (directory / "ready-11").touch()
+    ready = {"ready-10", "ready-11"}
+    assert _handoff._claim(directory, ready)
+    assert _handoff._claim(directory, ready)
+    assert not _handoff._claim(directory, ready)  # both taken
+    assert sorted(p.name for p in directory.iterdir()) == ["claimed-10", "claimed-11"]
 
 
 def test_a_worker_that_never_asked_gives_nothing_back() -> None:

@@ -72,7 +72,7 @@ def test_version_comes_from_the_distribution_or_its_pyproject(
     def not_installed(name: str) -> str:
         raise metadata.PackageNotFoundError(name)
 
-    monkeypatch.setattr(_version.metadata, "version", not_installed)
+    monkeypatch.setattr("memsafe._version.metadata.version", not_installed)
     assert _version._version() == memsafe.__version__  # read from memsafe/pyproject.toml
     monkeypatch.setattr(_version, "_PYPROJECT", Path("/nonexistent/pyproject.toml"))
     assert _version._version() == "0+unknown"
