@@ -137,9 +137,10 @@ class RSSRecycler:
     the ``child_exit`` hook is installed, the worker first asks the master for one more
     worker (SIGTTIN) and drains only once that one serves (or after
     ``handoff_timeout_seconds``); the master's ``child_exit`` gives the slot back. For that
-    moment two workers are resident: budget ``master + 2 x max_worker_rss_mb``. A worker
-    already over the cap right after boot is never recycled (that would loop): an error is
-    logged instead.
+    moment (the replacement's boot plus the drain, well under a second with a preloaded app)
+    one extra worker is resident, freshly booted: budget its boot RSS on top of
+    ``master + workers x max_worker_rss_mb``. A worker already over the cap right after boot
+    is never recycled (that would loop): an error is logged instead.
 
     Thread safety: the object is built in the master and copied into each worker by fork;
     in a worker, check() may run concurrently from the event loop and the watchdog thread

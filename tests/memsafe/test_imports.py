@@ -97,3 +97,11 @@ def test_testing_reset_forgets_process_wide_state() -> None:
     assert not memsafe.is_gunicorn_worker()
     assert _default_cleanup.default_cleanup_service() is None
     assert "reset_probe" not in cache_manager.get_cache_stats()["caches"]
+
+
+def test_stats_return_exactly_the_keys_of_their_typed_dicts() -> None:
+    from memsafe import CleanupStats, MemoryCleanupService, RecyclerStats, RSSRecycler
+
+    service = MemoryCleanupService(manager=memsafe.CacheManager(), recycle=lambda reason: None)
+    assert set(service.stats()) == set(CleanupStats.__annotations__)
+    assert set(RSSRecycler(64).stats()) == set(RecyclerStats.__annotations__)
