@@ -195,6 +195,7 @@ class RSSRecycler:
         self._worker: Any = None
         self._master_pid: int | None = None
         self._is_overlapping = False
+        self._is_over_cap = False
         self._stop_watchdog = threading.Event()
         self._watchdog: threading.Thread | None = None
         self.drain = WorkerDrain(self._exit)
@@ -276,8 +277,9 @@ class RSSRecycler:
         if self.is_recycling:
             cap = self.max_worker_rss_mb
             logger.warning(
-                "worker pid %d exits, recycled (last %.1f MiB, cap %s MiB, %d requests)",
+                "worker pid %d exits, recycled %s (last %.1f MiB, cap %s MiB, %d requests)",
                 os.getpid(),
+                "on RSS" if self._is_over_cap else "on request",
                 (self.last_rss_bytes or 0) / MIB,
                 "none" if cap is None else f"{cap:g}",
                 self.requests,
@@ -324,6 +326,7 @@ class RSSRecycler:
         )
         if worker is not None and self._worker is None:
             self._worker = worker
+        self._is_over_cap = True
         self.recycle(reason, log_over_cap=True)
         return True
 

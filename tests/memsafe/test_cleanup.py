@@ -608,8 +608,7 @@ def test_seed_start_accepts_a_config(fake_clock: FakeClock) -> None:
 _FRAGMENT_AND_CLEAN = textwrap.dedent(
     """
     import asyncio, json
-    from memsafe._types import CleanupStats
-from memsafe.cleanup import CleanupConfig, MemoryCleanupService
+    from memsafe.cleanup import CleanupConfig, MemoryCleanupService
     from memsafe.probes import process_rss_bytes
 
     class NoCaches:

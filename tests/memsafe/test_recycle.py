@@ -121,7 +121,9 @@ def test_bad_overlap_max_workers_is_rejected(value: Any, error: type[Exception])
         RSSRecycler(256, overlap_max_workers=value)
 
 
-def test_without_a_cap_nothing_is_probed_but_recycle_still_drains() -> None:
+def test_without_a_cap_nothing_is_probed_but_recycle_still_drains(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     rss = Rss(10_000)
     reasons: list[str] = []
     worker = GunicornLikeWorker()
@@ -132,6 +134,9 @@ def test_without_a_cap_nothing_is_probed_but_recycle_still_drains() -> None:
     assert rss.reads == 0
     assert recycle.recycle_worker("cleaner says so") is True
     assert reasons == ["cleaner says so"]  # no loop bound: the drain exits at once
+    with caplog.at_level(logging.WARNING, logger="memsafe.recycle"):
+        recycler.worker_exit(object(), worker)
+    assert "exits, recycled on request (last 0.0 MiB, cap none MiB" in caplog.text
 
 
 def test_hooks_pass_gunicorn_setting_validation() -> None:
@@ -286,7 +291,7 @@ def test_worker_exit_logs_a_recycled_worker(caplog: pytest.LogCaptureFixture) ->
     recycler.check()
     with caplog.at_level(logging.WARNING, logger="memsafe.recycle"):
         recycler.worker_exit(object(), worker)
-    assert "exits, recycled (last 80.0 MiB, cap 64 MiB, 0 requests)" in caplog.text
+    assert "exits, recycled on RSS (last 80.0 MiB, cap 64 MiB, 0 requests)" in caplog.text
 
 
 def test_worker_exit_is_quiet_for_a_healthy_worker_or_in_the_master(
