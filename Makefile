@@ -11,7 +11,7 @@ PORT ?= 8000
 IMAGE ?= render-memsafe-template
 
 .PHONY: help install run dev test test-fast lint fmt typecheck check bench bench-http \
-        bench-middleware loadtest emulate docker-build docker-run lock clean
+        bench-middleware bench-recycle loadtest emulate docker-build docker-run lock clean
 
 help: ## Show this help
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | \
@@ -79,6 +79,9 @@ docker-run: ## Run the image on http://127.0.0.1:8000 with the starter profile (
 
 bench-http: $(STAMP) ## req/s and p50/p99 of /users/{id} cache hits against a bare endpoint; idle RSS/USS
 	$(BIN)/python -m benchmarks.bench_http
+
+bench-recycle: $(STAMP) ## Failed requests and latency across RSS recycles, never-retrying keep-alive clients (~10 min)
+	$(BIN)/python -m benchmarks.bench_recycle
 
 bench-middleware: $(STAMP) ## Per-request cost of MemoryMonitorMiddleware against BaseHTTPMiddleware
 	$(BIN)/python -m benchmarks.bench_middleware
