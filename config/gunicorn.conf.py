@@ -94,9 +94,10 @@ if preload_app:
 from memsafe import RSSRecycler  # noqa: E402  (needs sys.path above)
 
 # memsafe's recycler, used as any memsafe user would: its DrainMiddleware wraps each worker's
-# app (Connection: close before exit, so no keep-alive client sees a failed request), and
-# with one worker (Render Starter's WEB_CONCURRENCY=1) the replacement boots before the old
-# worker stops. max_worker_rss_mb null still installs it: the cleaner's recycle level uses it.
+# app (Connection: close before exit, so no keep-alive client sees a failed request), and up
+# to server.recycle_overlap_max_workers workers (Render Starter runs WEB_CONCURRENCY=1) the
+# replacement serves before the old worker drains. max_worker_rss_mb null still installs it:
+# the cleaner's recycle level goes through it.
 _recycler = RSSRecycler(
     _server.max_worker_rss_mb,
     check_interval_seconds=_server.rss_check_interval_seconds,
