@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -127,7 +128,9 @@ class RSSRecycler:
       also catches growth between requests.
 
     ``max_worker_rss_mb=None`` checks nothing: the recycler then only serves explicit
-    :func:`recycle_worker` calls (MemoryCleanupService's recycle level).
+    :func:`recycle_worker` calls (MemoryCleanupService's recycle level). gunicorn's
+    ``max_requests`` (with its jitter) is taken over the same way: the worker's own limit is
+    switched off and the middleware recycles through the drain once it is reached.
 
     A worker to recycle, by default (``is_draining=True``), first drains: every response
     carries ``Connection: close`` until the requests that started before have finished, then
@@ -195,7 +198,8 @@ class RSSRecycler:
         self._worker: Any = None
         self._master_pid: int | None = None
         self._is_overlapping = False
-        self._is_over_cap = False
+        self._cause = "on request"
+        self._max_requests: int | None = None
         self._stop_watchdog = threading.Event()
         self._watchdog: threading.Thread | None = None
         self.drain = WorkerDrain(self._exit)
@@ -226,6 +230,25 @@ class RSSRecycler:
             and isinstance(self._master_pid, int)
             and getattr(cfg, "child_exit", None) == self.child_exit
         )
+        self._take_over_max_requests(worker)
+
+    def _take_over_max_requests(self, worker: Any) -> None:
+        """Recycle at gunicorn's ``max_requests`` through the drain (and overlap) too.
+
+        The worker's own limit would stop it without overlap (and uvicorn's without the
+        drain): the limit is read here, switched off in the worker, and counted by the
+        DrainMiddleware instead.
+        """
+        limit = getattr(worker, "max_requests", None)
+        if not (self.is_wrapping_app and self.is_draining and isinstance(limit, int)):
+            return
+        if not 0 < limit < sys.maxsize:
+            return
+        self._max_requests = limit
+        worker.max_requests = sys.maxsize
+        config: Any = getattr(worker, "config", None)  # UvicornWorker's uvicorn Config
+        if getattr(config, "limit_max_requests", None) is not None:
+            config.limit_max_requests = None
 
     def post_worker_init(self, worker: Any) -> None:
         """gunicorn hook (app loaded): note the boot RSS, wrap the app, start the watchdog.
@@ -238,8 +261,11 @@ class RSSRecycler:
         attr = "asgi" if _honours_alive_flag(worker) and hasattr(worker, "asgi") else "wsgi"
         app = getattr(worker, attr, None)
         if self.is_wrapping_app and app is not None:
-            check = None if self.max_rss_bytes is None else self._check_before_headers
-            setattr(worker, attr, DrainMiddleware(app, self.drain, check, self._on_ready))
+            setattr(
+                worker,
+                attr,
+                DrainMiddleware(app, self.drain, self._check_before_headers, self._on_ready),
+            )
         if self.max_rss_bytes is None:
             return
         rss = self._rss_probe()
@@ -279,7 +305,7 @@ class RSSRecycler:
             logger.warning(
                 "worker pid %d exits, recycled %s (last %.1f MiB, cap %s MiB, %d requests)",
                 os.getpid(),
-                "on RSS" if self._is_over_cap else "on request",
+                self._cause,
                 (self.last_rss_bytes or 0) / MIB,
                 "none" if cap is None else f"{cap:g}",
                 self.requests,
@@ -295,6 +321,11 @@ class RSSRecycler:
 
     def _check_before_headers(self) -> None:
         self.requests += 1
+        if self._max_requests is not None and self.requests >= self._max_requests:
+            if not self.is_recycling:
+                self._cause = "on max_requests"
+                self.recycle(f"max_requests {self._max_requests} reached")
+            return
         try:
             self.check()
         except Exception:  # a probe failure must not replace the app's own response
@@ -326,7 +357,7 @@ class RSSRecycler:
         )
         if worker is not None and self._worker is None:
             self._worker = worker
-        self._is_over_cap = True
+        self._cause = "on RSS"
         self.recycle(reason, log_over_cap=True)
         return True
 

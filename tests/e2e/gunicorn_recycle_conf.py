@@ -12,6 +12,8 @@ worker_class = os.environ.get("E2E_WORKER_CLASS", "asgi")
 graceful_timeout = 10
 timeout = 30
 keepalive = 2
+# gunicorn's own request limit (0: off); RSSRecycler takes it over (drain, overlap).
+max_requests = int(os.environ.get("E2E_MAX_REQUESTS", "0"))
 loglevel = "info"
 # gunicorn 27 opens a control socket at one fixed path per user: parallel test servers would
 # fight over it.

@@ -68,7 +68,14 @@ def _wait_ready(server: Server, deadline_seconds: float = 15.0) -> None:
 
 
 @contextlib.contextmanager
-def _gunicorn(tmp_path: pathlib.Path, worker_class: str, workers: int) -> Iterator[Server]:
+def _gunicorn(
+    tmp_path: pathlib.Path,
+    worker_class: str,
+    workers: int,
+    *,
+    leak_kib: int = LEAK_KIB,
+    max_requests: int = 0,
+) -> Iterator[Server]:
     port = free_port()
     log_path = tmp_path / "gunicorn.log"
     env = {
@@ -78,7 +85,8 @@ def _gunicorn(tmp_path: pathlib.Path, worker_class: str, workers: int) -> Iterat
         "E2E_WORKERS": str(workers),
         "E2E_WORKER_CLASS": worker_class,
         "E2E_MAX_WORKER_RSS_MB": str(MAX_WORKER_RSS_MB),
-        "E2E_LEAK_KIB": str(LEAK_KIB),
+        "E2E_LEAK_KIB": str(leak_kib),
+        "E2E_MAX_REQUESTS": str(max_requests),
     }
     command = [sys.executable, "-m", "gunicorn", "-c", str(CONFIG), "tests.e2e.leaky_asgi:app"]
     with log_path.open("wb") as log:
@@ -107,9 +115,11 @@ def _settled_worker_count(server: Server, expected: int) -> int:
     return count
 
 
-def _stop_after_recycles(server: Server, stop: threading.Event) -> None:
+def _stop_after_recycles(
+    server: Server, stop: threading.Event, line: str = RECYCLE_LINE, count: int = MIN_RECYCLES
+) -> None:
     while not stop.wait(0.2):
-        if server.log().count(RECYCLE_LINE) >= MIN_RECYCLES:
+        if server.log().count(line) >= count:
             stop.wait(1.0)  # let the last replacement take over under traffic
             stop.set()
 
@@ -163,3 +173,43 @@ def test_keep_alive_clients_that_never_retry_see_no_failure_across_recycles(
         # The overlap ran: each recycle asked the master for its replacement first.
         assert log.count("asked master") >= MIN_RECYCLES, log[-5000:]
         assert log.count("Handling signal: ttin") >= MIN_RECYCLES, log[-5000:]
+
+
+@pytest.mark.parametrize(
+    "worker_class",
+    [
+        pytest.param("asgi", id="gunicorn-asgi"),
+        pytest.param("uvicorn_worker.UvicornWorker", id="uvicorn-worker"),
+    ],
+)
+def test_max_requests_restarts_a_lone_worker_with_overlap_and_no_failure(
+    tmp_path: pathlib.Path, worker_class: str
+) -> None:
+    recycles = 5
+    with _gunicorn(tmp_path, worker_class, 1, leak_kib=0, max_requests=40) as server:
+        _wait_ready(server)
+        stop = threading.Event()
+        watcher = threading.Thread(
+            target=_stop_after_recycles,
+            args=(server, stop, "asked master", recycles),
+            daemon=True,
+        )
+        watcher.start()
+        traffic = drive(
+            server.port,
+            path="/",
+            connections=CONNECTIONS,
+            rate=RATE_PER_SECOND,
+            duration_seconds=RUN_LIMIT_SECONDS,
+            stop=stop,
+        )
+        stop.set()
+        watcher.join(timeout=5)
+        final_workers = _settled_worker_count(server, 1)
+    log = server.log()
+    assert traffic.failures == [], log[-5000:]
+    assert log.count("asked master") >= recycles, log[-5000:]
+    assert "max_requests 40 reached" in log
+    assert len(traffic.pids) > recycles
+    assert final_workers == 1
+    assert "Traceback" not in log

@@ -592,3 +592,43 @@ def test_over_the_cap_the_response_announces_close_and_the_worker_exits_after() 
     assert (b"connection", b"close") in starts[1]["headers"]
     assert len(reasons) == 1
     assert "rss 100.0 MiB" in reasons[0]
+
+
+class _UvicornConfig:
+    limit_max_requests: int | None = 3
+
+
+@pytest.mark.parametrize("is_uvicorn", [False, True])
+def test_max_requests_is_taken_over_and_recycles_through_the_drain(
+    is_uvicorn: bool, caplog: pytest.LogCaptureFixture
+) -> None:
+    import sys
+
+    reasons: list[str] = []
+    worker: Any = UvicornLikeWorker() if is_uvicorn else GunicornLikeWorker()
+    worker.max_requests = 3
+    worker.config = _UvicornConfig()
+    worker.wsgi = _App()
+    recycler = RSSRecycler(None, None, exit_request=reasons.append)
+    recycler.post_fork(object(), worker)
+    recycler.post_worker_init(worker)
+    assert worker.max_requests == sys.maxsize  # the worker's own limit is off
+    assert worker.config.limit_max_requests is None
+
+    async def scenario() -> None:
+        for _ in range(4):
+            await worker.wsgi({"type": "http"}, _nothing, _sink)
+        await asyncio.sleep(recycler.drain.settle_seconds + 0.1)  # the drain's exit
+
+    asyncio.run(scenario())
+    assert reasons == ["max_requests 3 reached"]  # once, at the third request
+    with caplog.at_level(logging.WARNING, logger="memsafe.recycle"):
+        recycler.worker_exit(object(), worker)
+    assert "recycled on max_requests" in caplog.text
+
+
+def test_max_requests_stays_with_the_worker_when_the_app_is_not_wrapped() -> None:
+    worker: Any = GunicornLikeWorker()
+    worker.max_requests = 3
+    RSSRecycler(64, None, is_wrapping_app=False).post_fork(object(), worker)
+    assert worker.max_requests == 3
