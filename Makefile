@@ -14,23 +14,26 @@ HOST := 127.0.0.1
 IMAGE ?= render-memsafe-template
 
 .PHONY: help install run dev test test-fast lint fmt typecheck check bench bench-http \
-        bench-middleware loadtest emulate leak-report browser docker-build docker-run lock clean \
-        chaos
+        bench-middleware bench-recycle loadtest emulate leak-report browser docker-build \
+        docker-run lock clean chaos
 
 help: ## Show this help
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | \
 	  awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-13s\033[0m %s\n", $$1, $$2}'
 
-$(STAMP): requirements/dev.lock
+$(STAMP): requirements/dev.lock memsafe/pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info[:2] == (3, 11) else "Python 3.11 is required, found " + sys.version.split()[0])'
 	@echo "Installing the locked dependencies into $(VENV) (about 30 s the first time; again only when requirements/dev.lock changes)..."
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	@$(BIN)/python -m pip install --quiet --upgrade pip
 	@$(BIN)/python -m pip install --quiet --require-hashes -r requirements/dev.lock
+	@# memsafe as its own distribution, editable, so `import memsafe` works from any directory
+	@# with .venv/bin/python (no dependency: psutil comes from the lock above).
+	@$(BIN)/python -m pip install --quiet --no-deps --editable ./memsafe
 	@touch $(STAMP)
 	@echo "Dependencies installed."
 
-install: $(STAMP) ## Create .venv and install the locked dependencies (only when the lock changed)
+install: $(STAMP) ## Create .venv, install the locked dependencies and memsafe (editable)
 
 # app.core.check first: gunicorn reads $$WEB_CONCURRENCY before its config, as a traceback.
 run: $(STAMP) ## Serve the app through gunicorn on http://127.0.0.1:8000 (PROFILE=local PORT=8000)
@@ -108,6 +111,9 @@ docker-run: ## Run the image on http://127.0.0.1:8000 with the starter profile (
 
 bench-http: $(STAMP) ## req/s and p50/p99 of /users/{id} cache hits against a bare endpoint; idle RSS/USS
 	$(BIN)/python -m benchmarks.bench_http
+
+bench-recycle: $(STAMP) ## Failed requests and latency across RSS recycles, never-retrying keep-alive clients (~10 min)
+	$(BIN)/python -m benchmarks.bench_recycle
 
 bench-middleware: $(STAMP) ## Per-request cost of MemoryMonitorMiddleware against BaseHTTPMiddleware
 	$(BIN)/python -m benchmarks.bench_middleware

@@ -20,7 +20,6 @@ from app.api.routes import admin, docs, health, metrics, payload, users
 from app.core.actions import worker_actions
 from app.core.commands import CommandBus
 from app.core.config import MIB, Settings, get_settings, log_settings
-from app.core.draining import DrainMiddleware, worker_drain
 from app.core.history import WorkerHistory
 from app.core.logging import RequestIdMiddleware, configure_logging
 from app.core.metrics import (
@@ -36,11 +35,17 @@ from app.core.startup import guard_startup
 from app.services.users import UserDataService
 from app.store import UserStore, ensure_seeded
 from app.version import VERSION
-from memsafe.cleanup import CleanupConfig, MemoryCleanupService
-from memsafe.manager import CacheManager
-from memsafe.middleware import MemoryMonitor, MemoryMonitorMiddleware
-from memsafe.probes import process_rss_bytes
-from memsafe.recycle import current_worker
+from memsafe import (
+    CacheManager,
+    CleanupConfig,
+    MemoryCleanupService,
+    MemoryMonitor,
+    MemoryMonitorMiddleware,
+    is_exit_requested,
+    is_gunicorn_worker,
+    process_rss_bytes,
+    recycle_worker,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -66,18 +71,6 @@ def cleanup_config(settings: Settings) -> CleanupConfig:
     )
 
 
-def recycle_worker(reason: str) -> None:
-    """Cleanup's recycle level: under gunicorn, exit gracefully so the master forks a new worker.
-
-    Without a gunicorn worker in this process (uvicorn --reload, TestClient) nothing would
-    replace it, so it only logs.
-    """
-    if current_worker() is None:
-        logger.warning("recycle requested (%s) but no gunicorn master here; staying up", reason)
-        return
-    worker_drain.request_exit(reason)
-
-
 @asynccontextmanager
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     """Per worker: caches, store, cleanup service up; all of it down again on shutdown."""
@@ -98,6 +91,8 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         max_bytes=cache_settings.max_bytes,
     )
     store = UserStore(store_settings.path)
+    # recycle_worker: through gunicorn.conf.py's RSSRecycler (drain, then a fresh worker);
+    # without gunicorn (TestClient, uvicorn --reload) it only logs.
     cleanup = MemoryCleanupService(
         cleanup_config(settings), manager=manager, recycle=recycle_worker
     )
@@ -105,7 +100,6 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     state.users = UserDataService(store, cache, offload_reads=store_settings.offload_reads)
     cleanup.start()
     state.cleanup = cleanup
-    worker_drain.bind_loop(asyncio.get_running_loop())
     publisher = _start_publisher(state)
     if settings.history.interval_seconds is not None:  # memory history for /admin/
         state.history = WorkerHistory(settings, state)
@@ -124,10 +118,9 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         yield
     finally:
         state.users = None
-        if state.history is not None:  # before reset(): a drain means this worker is recycled
-            await state.history.stop(is_recycle=worker_drain.is_draining)
+        if state.history is not None:  # an exit request means this worker is recycled
+            await state.history.stop(is_recycle=is_exit_requested())
             state.history = None
-        worker_drain.reset()
         if state.commands is not None:
             await state.commands.stop()
             state.commands = None
@@ -149,7 +142,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
 def _start_publisher(state: AppState) -> asyncio.Task[None] | None:
     """Under gunicorn, publish this worker's metrics for its siblings every interval."""
     interval = state.settings.monitor.metrics_share_seconds
-    if interval is None or current_worker() is None:
+    if interval is None or not is_gunicorn_worker():
         return None
     shared = SharedSnapshots(shared_snapshot_dir(os.getppid()), max_age_seconds=3 * interval + 5)
     try:
@@ -188,12 +181,12 @@ def _snapshot(state: AppState) -> Snapshot:
     if state.manager is not None:
         snap["caches"] = state.manager.get_cache_stats()["caches"]
     if state.cleanup is not None:
-        stats: dict[str, Any] = state.cleanup.stats()
+        stats = state.cleanup.stats()
         snap["cleanup"] = {
-            "level": stats.get("level", "normal"),
-            "passes": stats.get("passes", 0),
-            "failures": stats.get("failures", 0),
-            "full_gcs": stats.get("full_gcs", 0),
+            "level": stats["level"],
+            "passes": stats["passes"],
+            "failures": stats["failures"],
+            "full_gcs": stats["full_gcs"],
         }
     return snap
 
@@ -246,10 +239,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     # add_middleware wraps: the last added runs first (request id, then metrics, then memory).
     if monitor_settings.enabled:
         app.add_middleware(MemoryMonitorMiddleware, monitor=monitor)
-    # The RSS recycle check runs before the headers go out (not after the body, as the
-    # monitor's on_response_rss would), and a recycling worker drains with announced
-    # `Connection: close` first: see app/core/draining.py.
-    app.add_middleware(DrainMiddleware)
+    # Under gunicorn, config/gunicorn.conf.py's memsafe RSSRecycler wraps this whole app in
+    # memsafe's DrainMiddleware (RSS check before the headers, Connection: close on recycle).
     app.add_middleware(RequestMetricsMiddleware, metrics=state.request_metrics)
     app.add_middleware(RequestIdMiddleware, access_log=settings.logging.access_log)
     return app

@@ -105,17 +105,23 @@ if preload_app:
     # No gc pass while the master imports the app: objects then stay where a fork can share them.
     gc.disable()
 
-_recycler: Any = None
-if _server.max_worker_rss_mb is not None:
-    from app.core.draining import worker_drain
-    from memsafe.recycle import RSSRecycler
+from memsafe import RSSRecycler  # noqa: E402  (needs sys.path above)
 
-    # exit_request: drain keep-alive connections (Connection: close) before the worker stops.
-    _recycler = RSSRecycler(
-        _server.max_worker_rss_mb,
-        check_interval_seconds=_server.rss_check_interval_seconds,
-        exit_request=worker_drain.request_exit,
-    )
+# memsafe's recycler, used as any memsafe user would: its DrainMiddleware wraps each worker's
+# app (Connection: close before exit, so no keep-alive client sees a failed request), and up
+# to server.recycle_overlap_max_workers workers (Render Starter runs WEB_CONCURRENCY=1) the
+# replacement serves before the old worker drains. max_worker_rss_mb null still installs it:
+# the cleaner's recycle level goes through it.
+_recycler = RSSRecycler(
+    _server.max_worker_rss_mb,
+    check_interval_seconds=_server.rss_check_interval_seconds,
+    overlap_max_workers=_server.recycle_overlap_max_workers,
+)
+# post_worker_init (wrap the app, start the watchdog), worker_exit (log a recycle) and
+# child_exit (master: give back the overlap's extra worker slot), as memsafe's docs show.
+post_worker_init = _recycler.post_worker_init
+worker_exit = _recycler.worker_exit
+child_exit = _recycler.child_exit
 
 
 def on_starting(server: Any) -> None:
@@ -141,6 +147,7 @@ def on_exit(server: Any) -> None:
     from app.core.metrics import shared_snapshot_dir
 
     shutil.rmtree(shared_snapshot_dir(os.getpid()), ignore_errors=True)
+    _recycler.on_exit(server)
 
 
 def when_ready(server: Any) -> None:
@@ -159,28 +166,6 @@ def pre_fork(server: Any, worker: Any) -> None:
 
 
 def post_fork(server: Any, worker: Any) -> None:
-    """Record the worker (so a recycle request can stop it gracefully) and reset the recycler."""
-    from memsafe.recycle import record_worker
-
+    """Re-enable gc in the worker and reset the recycler's per-worker state."""
     gc.enable()
-    record_worker(worker)
-    if _recycler is not None:
-        _recycler.post_fork(server, worker)
-
-
-def post_worker_init(worker: Any) -> None:
-    """Note the worker's boot RSS and start the recycler's RSS watchdog thread."""
-    if _recycler is not None:
-        _recycler.post_worker_init(worker)
-
-
-def worker_exit(server: Any, worker: Any) -> None:
-    """Stop the watchdog and log a recycle."""
-    if _recycler is not None:
-        _recycler.worker_exit(server, worker)
-
-
-# No post_request hook on purpose: with one, gunicorn's asgi worker waits for each app call
-# before reading the next keep-alive request. RSS is checked before every response's headers
-# by app.core.draining.DrainMiddleware (memsafe.recycle.check_worker_rss) and by the
-# recycler's watchdog thread.
+    _recycler.post_fork(server, worker)

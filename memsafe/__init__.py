@@ -5,18 +5,19 @@ The public API is exactly ``__all__``. memsafe imports only the standard library
 
 from __future__ import annotations
 
-from memsafe._routes import method_key, route_template
-from memsafe.bounded import BoundedDict, BoundedList, MetricsCollector, MetricSummary
-from memsafe.cache import CacheStats, LRUCache
-from memsafe.cleanup import (
-    CleanupConfig,
-    CleanupEvent,
-    MemoryCleanupService,
+from memsafe._default_cleanup import (
     start_memory_cleanup,
+    start_memory_cleanup_sync,
     stop_memory_cleanup,
 )
+from memsafe._routes import method_key, route_template
+from memsafe._types import CleanupStats, RecyclerStats
+from memsafe._version import __version__ as __version__
+from memsafe.bounded import BoundedDict, BoundedList, MetricsCollector, MetricSummary
+from memsafe.cache import CacheStats, LRUCache
+from memsafe.cleanup import CleanupConfig, CleanupEvent, MemoryCleanupService
 from memsafe.decorators import cached
-from memsafe.errors import MemsafeError
+from memsafe.drain import DrainMiddleware, WorkerDrain
 from memsafe.history import HistoryData, HistoryEvent, MemoryHistory
 from memsafe.manager import CacheManager, cache_manager
 from memsafe.middleware import (
@@ -33,7 +34,14 @@ from memsafe.probes import (
     release_memory,
     release_memory_async,
 )
-from memsafe.recycle import RSSRecycler, check_worker_rss, request_worker_exit
+from memsafe.recycle import (
+    RSSRecycler,
+    check_worker_rss,
+    is_exit_requested,
+    is_gunicorn_worker,
+    recycle_worker,
+    request_worker_exit,
+)
 from memsafe.singleton import AgentSingleton, SingletonMeta, singleton_stats
 from memsafe.tracing import AllocationSite, AllocationTracer, TraceBusyError, TraceReport
 
@@ -47,7 +55,9 @@ __all__ = [
     "CacheStats",
     "CleanupConfig",
     "CleanupEvent",
+    "CleanupStats",
     "ContainerMemory",
+    "DrainMiddleware",
     "HistoryData",
     "HistoryEvent",
     "LRUCache",
@@ -55,28 +65,32 @@ __all__ = [
     "MemoryHistory",
     "MemoryMonitor",
     "MemoryMonitorMiddleware",
-    "MemsafeError",
     "MetricSummary",
     "MetricsCollector",
     "RSSRecycler",
+    "RecyclerStats",
     "ReleaseResult",
     "SingletonMeta",
     "TraceBusyError",
     "TraceReport",
+    "WorkerDrain",
     "cache_manager",
     "cached",
     "check_worker_rss",
     "container_memory",
     "default_monitor",
+    "is_exit_requested",
+    "is_gunicorn_worker",
     "memory_monitor",
     "method_key",
     "process_rss_bytes",
+    "recycle_worker",
     "release_memory",
     "release_memory_async",
     "request_worker_exit",
     "route_template",
     "singleton_stats",
     "start_memory_cleanup",
+    "start_memory_cleanup_sync",
     "stop_memory_cleanup",
 ]
-__version__ = "0.1.0"

@@ -39,3 +39,34 @@ class CacheStats(TypedDict):
     expirations: int
     rejections: int
     hit_rate: float
+
+
+class CleanupStats(TypedDict):
+    """State of one MemoryCleanupService, as returned by `MemoryCleanupService.stats()`."""
+
+    level: str
+    is_running: bool
+    passes: int
+    failures: int
+    full_gcs: int
+    is_recycle_requested: bool
+    last_rss_bytes: int | None
+    max_events: int
+    events: list[dict[str, Any]]
+    config: dict[str, Any]
+
+
+class RecyclerStats(TypedDict):
+    """State of one worker's RSSRecycler, as returned by `RSSRecycler.stats()`."""
+
+    pid: int | None
+    max_worker_rss_mb: float | None
+    check_interval_seconds: float | None
+    requests: int
+    checks: int
+    boot_rss_bytes: int | None
+    last_rss_bytes: int | None
+    is_recycling: bool
+    is_disabled: bool
+    is_draining: bool
+    overlap_max_workers: int

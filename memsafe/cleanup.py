@@ -14,6 +14,7 @@ from typing import Any, Final, Literal, Protocol
 
 from memsafe._checks import _check_number
 from memsafe._clock import Clock
+from memsafe._types import CleanupStats
 from memsafe.probes import (
     ContainerMemory,
     ReleaseResult,
@@ -169,7 +170,7 @@ class MemoryCleanupService:
         rss_probe: Callable[[], int] = process_rss_bytes,
         container_probe: Callable[[], ContainerMemory] | None = container_memory,
         clock: Clock = time.monotonic,
-        recycle: Callable[[str], None] | None = None,
+        recycle: Callable[[str], object] | None = None,
         release: ReleaseFunc = release_memory_async,
         wall_clock: Clock = time.time,
     ) -> None:
@@ -178,9 +179,9 @@ class MemoryCleanupService:
 
             manager = cache_manager
         if recycle is None:
-            from memsafe.recycle import request_worker_exit
+            from memsafe.recycle import recycle_worker
 
-            recycle = request_worker_exit
+            recycle = recycle_worker
         self._config = config if config is not None else CleanupConfig()
         self._manager = manager
         self._rss_probe = rss_probe
@@ -425,7 +426,7 @@ class MemoryCleanupService:
             f"{released.freed_bytes / MIB:.1f} MiB freed in {released.seconds * 1000:.1f} ms"
         )
 
-    def stats(self) -> dict[str, Any]:
+    def stats(self) -> CleanupStats:
         """Level, counts of passes, failures and full gcs, and the recent events (oldest first)."""
         events = list(self._events)
         return {
@@ -449,46 +450,3 @@ def _is_eventful(event: CleanupEvent) -> bool:
 
 def _mib(value: int | None) -> str:
     return "-" if value is None else f"{value / MIB:.1f}"
-
-
-_default_service: MemoryCleanupService | None = None
-
-
-def start_memory_cleanup(
-    config: CleanupConfig | None = None, **kwargs: Any
-) -> MemoryCleanupService:
-    """Start the process-wide cleanup service on the running loop (the seed's form).
-
-    Keyword arguments naming CleanupConfig fields override ``config``; the others go to
-    MemoryCleanupService. A second call returns the already running service unchanged.
-    """
-    global _default_service
-    if _default_service is not None and _default_service.is_running:
-        _default_service.start()  # raises while a task that ignored cancellation still runs
-        return _default_service
-    names = {f.name for f in dataclasses.fields(CleanupConfig)}
-    overrides = {k: v for k, v in kwargs.items() if k in names}
-    service_kwargs = {k: v for k, v in kwargs.items() if k not in names}
-    base = config if config is not None else CleanupConfig()
-    effective = dataclasses.replace(base, **overrides) if overrides else base
-    service = MemoryCleanupService(effective, **service_kwargs)
-    service.start()
-    _default_service = service
-    return service
-
-
-async def stop_memory_cleanup() -> None:
-    """Stop the process-wide cleanup service started by start_memory_cleanup (if any)."""
-    global _default_service
-    service = _default_service
-    if service is None:
-        return
-    await service.stop()
-    # An abandoned task still running stays the default, so no second loop can start.
-    if not service.is_running and _default_service is service:
-        _default_service = None
-
-
-def default_cleanup_service() -> MemoryCleanupService | None:
-    """The service start_memory_cleanup started in this process, or None."""
-    return _default_service

@@ -1,178 +1,84 @@
-"""Worker recycling on RSS for gunicorn: uWSGI's reload-on-rss for the asgi and uvicorn workers."""
+"""Worker recycling on RSS for gunicorn: uWSGI's reload-on-rss, with no failed request.
+
+A worker over its cap drains (every response announces ``Connection: close``, requests in
+flight finish) and exits; the master forks a replacement. With one worker the replacement
+is started first (SIGTTIN to the master), so traffic never waits for a boot.
+"""
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
 import os
-import signal
+import sys
 import threading
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from typing import Any, Final
 
+from memsafe import _handoff, _worker
 from memsafe._clock import Clock
+from memsafe._types import RecyclerStats
+from memsafe._worker import (
+    STOP_ACCEPTING_GRACE_SECONDS,
+    _honours_alive_flag,
+    _remember_running_loop,
+    current_worker,
+    is_exit_requested,
+    is_gunicorn_worker,
+    record_worker,
+    request_worker_exit,
+)
+from memsafe.drain import DrainMiddleware, WorkerDrain
 from memsafe.probes import process_rss_bytes
+
+__all__ = [
+    "STOP_ACCEPTING_GRACE_SECONDS",
+    "RSSRecycler",
+    "active_recycler",
+    "check_worker_rss",
+    "current_worker",
+    "is_exit_requested",
+    "is_gunicorn_worker",
+    "record_worker",
+    "recycle_worker",
+    "request_worker_exit",
+]
 
 logger = logging.getLogger(__name__)
 
 MIB: Final = 1024 * 1024
 DEFAULT_CHECK_INTERVAL_SECONDS: Final = 2.0
-STOP_ACCEPTING_GRACE_SECONDS: Final = 0.5
-# gunicorn's own workers (sync, gthread, gevent, tornado, asgi) leave their serving loop when
-# worker.alive turns False, then drain in-flight requests. Anything else (uvicorn_worker's
-# UvicornWorker runs uvicorn's Server, which never reads worker.alive) gets SIGTERM instead.
-_ALIVE_FLAG_MODULE_PREFIX: Final = "gunicorn.workers."
-
-_state_lock = threading.Lock()
-_exit_reason: str | None = None
-_exit_pid: int | None = None
-_worker: Any = None
-_worker_pid: int | None = None
-_active_recycler: RSSRecycler | None = None
-_loop: asyncio.AbstractEventLoop | None = None
-_loop_pid: int | None = None
+DEFAULT_OVERLAP_MAX_WORKERS: Final = 1
+DEFAULT_HANDOFF_TIMEOUT_SECONDS: Final = 30.0
 
 
-def _honours_alive_flag(worker: object) -> bool:
-    """True when ``worker`` is one of gunicorn's own classes, which poll ``worker.alive``."""
-    return type(worker).__module__.startswith(_ALIVE_FLAG_MODULE_PREFIX)
+def recycle_worker(reason: str) -> bool:
+    """Replace this gunicorn worker gracefully, as an RSS recycle does; False when it cannot.
 
+    Goes through the RSSRecycler whose hooks run in this process: with one worker its
+    replacement starts first, then this worker drains its keep-alive connections
+    (``Connection: close``) and exits. Without such a recycler (TestClient, ``uvicorn
+    --reload``) nothing would replace the worker, so it only logs and returns False.
+    MemoryCleanupService's recycle level calls it by default.
 
-def record_worker(worker: object) -> None:
-    """Remember the gunicorn worker object of this process (RSSRecycler.post_fork does it)."""
-    global _worker, _worker_pid, _exit_reason, _exit_pid
-    with _state_lock:
-        _worker, _worker_pid = worker, os.getpid()
-        _exit_reason, _exit_pid = None, None
-
-
-def current_worker() -> Any:
-    """The gunicorn worker recorded in this process, or None (not under gunicorn, or no hook)."""
-    return _worker if _worker_pid == os.getpid() else None
-
-
-def is_exit_requested() -> bool:
-    """True once request_worker_exit has been called in this process."""
-    return _exit_reason is not None and _exit_pid == os.getpid()
-
-
-def _remember_running_loop() -> None:
-    """Note this worker's event loop when called on it (a cheap no-op once known)."""
-    global _loop, _loop_pid
-    pid = os.getpid()
-    if _loop_pid == pid:
-        return
-    try:
-        loop = asyncio.get_running_loop()
-    except RuntimeError:
-        return
-    _loop, _loop_pid = loop, pid
-
-
-def _worker_loop() -> asyncio.AbstractEventLoop | None:
-    """This worker's event loop: the running one, else the one noted earlier, if still open."""
-    _remember_running_loop()
-    loop = _loop if _loop_pid == os.getpid() else None
-    return loop if loop is not None and not loop.is_closed() else None
-
-
-def _listener_fds(worker: Any) -> list[int]:
-    """File descriptors of the worker's listening sockets (gunicorn's ``worker.sockets``)."""
-    fds: list[int] = []
-    for sock in getattr(worker, "sockets", None) or []:
-        with contextlib.suppress(AttributeError, OSError, ValueError):
-            fds.append(int(sock.fileno()))
-    return [fd for fd in fds if fd >= 0]
-
-
-def _stop_accepting(loop: asyncio.AbstractEventLoop, fds: list[int]) -> int:
-    """On the loop: stop accepting on ``fds`` in this process only; how many were stopped.
-
-    The listening sockets stay open (shared with the master and the other workers, which keep
-    accepting); only this loop's accept callbacks are unregistered. A loop that does not
-    accept through add_reader (uvloop) stops nothing here.
+    Thread safety: safe from any thread.
     """
-    stopped = 0
-    for fd in fds:
-        with contextlib.suppress(ValueError, OSError, RuntimeError, NotImplementedError):
-            stopped += bool(loop.remove_reader(fd))
-    logger.info("worker pid %d stopped accepting on %d listener(s)", os.getpid(), stopped)
-    return stopped
-
-
-def _stop_accepting_then_terminate(
-    loop: asyncio.AbstractEventLoop,
-    fds: list[int],
-    kill: Callable[[int, int], None],
-    grace_seconds: float,
-) -> None:
-    """On the loop: stop accepting here, then SIGTERM this process after ``grace_seconds``.
-
-    uvicorn's graceful shutdown closes every connection that has no request in progress,
-    including one accepted a moment ago whose request is still on the wire: its client sees
-    a reset. Not accepting any more, then waiting a moment, lets such requests arrive and be
-    served. When nothing could be unregistered, SIGTERM goes at once.
-    """
-    delay = grace_seconds if _stop_accepting(loop, fds) else 0.0
-    loop.call_later(delay, kill, os.getpid(), signal.SIGTERM)
-
-
-def request_worker_exit(
-    reason: str,
-    *,
-    kill: Callable[[int, int], None] = os.kill,
-    worker: Any = None,
-    grace_seconds: float = STOP_ACCEPTING_GRACE_SECONDS,
-) -> None:
-    """Ask this worker process to stop taking requests, finish those in flight, and exit.
-
-    The gunicorn master then forks a replacement. Under one of gunicorn's own worker
-    classes (``worker_class = "asgi"`` included) this sets ``worker.alive = False``: the
-    worker closes its listeners, waits up to ``graceful_timeout`` for open connections and
-    runs the lifespan shutdown. Otherwise (``uvicorn_worker.UvicornWorker``, or no worker
-    recorded by the post_fork hook) it sends SIGTERM to itself, which uvicorn's Server
-    handles by draining in-flight requests, then running the lifespan shutdown. When this
-    worker's event loop is known (a check ran on it), the worker first stops accepting on its
-    listeners, in this process only, and for uvicorn waits ``grace_seconds`` before SIGTERM
-    (see :func:`_stop_accepting_then_terminate`). Outside a
-    supervisor that replaces dead workers (plain ``uvicorn app:app``) this stops the server.
-    Only the first call in a process acts; later ones are logged at debug level.
-
-    Thread safety: safe from any thread (the decision is taken under a lock, loop work is
-    handed to the loop with call_soon_threadsafe, SIGTERM reaches the main thread).
-    """
-    global _exit_reason, _exit_pid
-    pid = os.getpid()
-    with _state_lock:
-        if _exit_reason is not None and _exit_pid == pid:
-            logger.debug("worker exit already requested (%s); ignoring %r", _exit_reason, reason)
-            return
-        _exit_reason, _exit_pid = reason, pid
-        target = worker if worker is not None else current_worker()
-    loop = _worker_loop()
-    fds = _listener_fds(target)
-    if target is not None and _honours_alive_flag(target):
-        logger.warning("recycling worker pid %d (%s): worker.alive = False, draining", pid, reason)
-        target.alive = False
-        # gunicorn's asgi worker notices within a second; meanwhile accept nothing new here.
-        if loop is not None and fds:
-            loop.call_soon_threadsafe(_stop_accepting, loop, fds)
-        return
-    logger.warning("recycling worker pid %d (%s): SIGTERM to itself, draining", pid, reason)
-    if loop is not None and fds:
-        loop.call_soon_threadsafe(_stop_accepting_then_terminate, loop, fds, kill, grace_seconds)
-        return
-    kill(pid, signal.SIGTERM)
+    recycler = active_recycler()
+    if recycler is None:
+        logger.warning(
+            "recycle requested (%s) but no RSSRecycler in this process; staying up", reason
+        )
+        return False
+    recycler.recycle(reason)
+    return True
 
 
 def check_worker_rss(rss_bytes: int | None = None) -> None:
     """Count a response and check this worker against the RSSRecycler its post_fork installed.
 
-    Made for a middleware's per-response hook (``MemoryMonitor(on_response_rss=
-    check_worker_rss)``), which is how UvicornWorker, which calls no gunicorn request hook,
-    gets uWSGI's check-after-each-request. A no-op when no recycler runs in this process.
+    For an app that checks from its own per-response hook (``RSSRecycler(...,
+    is_wrapping_app=False)`` with ``MemoryMonitor(on_response_rss=check_worker_rss)``).
+    A no-op when no recycler runs in this process.
     """
     recycler = active_recycler()
     if recycler is not None:
@@ -180,25 +86,64 @@ def check_worker_rss(rss_bytes: int | None = None) -> None:
         recycler.check(rss_bytes)
 
 
+def active_recycler() -> RSSRecycler | None:
+    """The RSSRecycler whose post_fork hook ran in this process, or None."""
+    return _worker._state.recycler
+
+
+def _check_cap(max_worker_rss_mb: float | None) -> None:
+    if max_worker_rss_mb is None:
+        return
+    if isinstance(max_worker_rss_mb, bool) or not isinstance(max_worker_rss_mb, int | float):
+        msg = f"max_worker_rss_mb must be None or a number of MiB > 0, got {max_worker_rss_mb!r}"
+        raise TypeError(msg)
+    if not 0 < max_worker_rss_mb <= 1024 * 1024:
+        msg = f"max_worker_rss_mb must be in (0, 1048576] MiB, got {max_worker_rss_mb!r}"
+        raise ValueError(msg)
+
+
+def _check_interval(name: str, value: float | None, maximum: float) -> None:
+    if value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        msg = f"{name} must be None or a number of seconds, got {value!r}"
+        raise TypeError(msg)
+    if not 0 < value <= maximum:
+        msg = f"{name} must be None or in (0, {maximum:g}] seconds, got {value!r}"
+        raise ValueError(msg)
+
+
 class RSSRecycler:
-    """Recycles a gunicorn worker whose RSS reaches ``max_worker_rss_mb`` (MiB), gracefully.
+    """Recycles a gunicorn worker whose RSS reaches ``max_worker_rss_mb`` (MiB), with no failed
+    request.
 
-    Create one in ``gunicorn.conf.py`` and install its hooks (``globals().update(
-    recycler.hooks())``, or assign the methods one by one). RSS is checked:
+    Create one in ``gunicorn.conf.py`` and install its hooks with ``globals().update(
+    recycler.hooks())``. In each worker, ``post_worker_init`` wraps the app in a
+    :class:`~memsafe.drain.DrainMiddleware` (``is_wrapping_app=False`` leaves it alone, for
+    an app that calls :func:`check_worker_rss` itself). RSS is checked:
 
-    - before each request by ``pre_request``, which gunicorn's own workers (``asgi``
-      included) call, so the response that follows announces ``Connection: close``
-      (:meth:`post_request` is the alternative with uWSGI's after-the-request timing);
-    - after each HTTP request by a thin ASGI wrapper that ``post_worker_init`` puts around
-      the app of a worker class that calls no request hook (``UvicornWorker``);
-      ``is_wrapping_app=False`` leaves the app alone, for an app that calls
-      :func:`check_worker_rss` from its own per-response hook instead;
+    - before each HTTP response's headers, by that middleware, so the response that crosses
+      the cap already announces ``Connection: close``;
     - every ``check_interval_seconds`` by a daemon watchdog thread (None disables it), which
       also catches growth between requests.
 
-    A worker over the cap stops accepting, drains and exits (:func:`request_worker_exit`).
-    A worker already over the cap right after boot is never recycled (that would loop): an
-    error is logged instead.
+    ``max_worker_rss_mb=None`` checks nothing: the recycler then only serves explicit
+    :func:`recycle_worker` calls (MemoryCleanupService's recycle level). gunicorn's
+    ``max_requests`` (with its jitter) is taken over the same way: the worker's own limit is
+    switched off and the middleware recycles through the drain once it is reached.
+
+    A worker to recycle, by default (``is_draining=True``), first drains: every response
+    carries ``Connection: close`` until the requests that started before have finished, then
+    the worker stops accepting and exits (:func:`request_worker_exit`), so keep-alive clients
+    that never retry see no failed request. When the master runs at most
+    ``overlap_max_workers`` workers (default 1, Render Starter's ``WEB_CONCURRENCY=1``) and
+    the ``child_exit`` hook is installed, the worker first asks the master for one more
+    worker (SIGTTIN) and drains only once that one serves (or after
+    ``handoff_timeout_seconds``); the master's ``child_exit`` gives the slot back. For that
+    moment (the replacement's boot plus the drain, well under a second with a preloaded app)
+    one extra worker is resident, freshly booted: budget its boot RSS on top of
+    ``master + workers x max_worker_rss_mb``. A worker already over the cap right after boot
+    is never recycled (that would loop): an error is logged instead.
 
     Thread safety: the object is built in the master and copied into each worker by fork;
     in a worker, check() may run concurrently from the event loop and the watchdog thread
@@ -207,37 +152,36 @@ class RSSRecycler:
 
     def __init__(
         self,
-        max_worker_rss_mb: float,
+        max_worker_rss_mb: float | None,
         check_interval_seconds: float | None = DEFAULT_CHECK_INTERVAL_SECONDS,
         *,
         rss_probe: Callable[[], int] = process_rss_bytes,
         exit_request: Callable[[str], None] | None = None,
         clock: Clock = time.monotonic,
         is_wrapping_app: bool = True,
+        is_draining: bool = True,
+        overlap_max_workers: int = DEFAULT_OVERLAP_MAX_WORKERS,
+        handoff_timeout_seconds: float = DEFAULT_HANDOFF_TIMEOUT_SECONDS,
     ) -> None:
-        if isinstance(max_worker_rss_mb, bool) or not isinstance(max_worker_rss_mb, int | float):
-            msg = f"max_worker_rss_mb must be a number of MiB > 0, got {max_worker_rss_mb!r}"
+        _check_cap(max_worker_rss_mb)
+        _check_interval("check_interval_seconds", check_interval_seconds, 3600)
+        _check_interval("handoff_timeout_seconds", handoff_timeout_seconds, 3600)
+        if isinstance(overlap_max_workers, bool) or not isinstance(overlap_max_workers, int):
+            msg = f"overlap_max_workers must be an int >= 0, got {overlap_max_workers!r}"
             raise TypeError(msg)
-        if not 0 < max_worker_rss_mb <= 1024 * 1024:
-            msg = f"max_worker_rss_mb must be in (0, 1048576] MiB, got {max_worker_rss_mb!r}"
+        if overlap_max_workers < 0:
+            msg = f"overlap_max_workers must be >= 0 (0: no overlap), got {overlap_max_workers!r}"
             raise ValueError(msg)
-        if check_interval_seconds is not None and not (
-            isinstance(check_interval_seconds, int | float)
-            and not isinstance(check_interval_seconds, bool)
-            and 0 < check_interval_seconds <= 3600
-        ):
-            msg = (
-                f"check_interval_seconds must be None or in (0, 3600] seconds, "
-                f"got {check_interval_seconds!r}"
-            )
-            raise ValueError(msg)
-        self.max_worker_rss_mb = float(max_worker_rss_mb)
-        self.max_rss_bytes = int(max_worker_rss_mb * MIB)
+        self.max_worker_rss_mb = None if max_worker_rss_mb is None else float(max_worker_rss_mb)
+        self.max_rss_bytes = None if max_worker_rss_mb is None else int(max_worker_rss_mb * MIB)
         self.check_interval_seconds = check_interval_seconds
         self._rss_probe = rss_probe
         self._exit_request = exit_request
         self._clock = clock
         self.is_wrapping_app = is_wrapping_app
+        self.is_draining = is_draining
+        self.overlap_max_workers = overlap_max_workers
+        self.handoff_timeout_seconds = handoff_timeout_seconds
         self._lock = threading.Lock()
         self._reset(pid=None)
 
@@ -252,37 +196,78 @@ class RSSRecycler:
         self.last_rss_bytes: int | None = None
         self.started_at = self._clock()
         self._worker: Any = None
+        self._master_pid: int | None = None
+        self._is_overlapping = False
+        self._cause = "on request"
+        self._max_requests: int | None = None
         self._stop_watchdog = threading.Event()
         self._watchdog: threading.Thread | None = None
+        self.drain = WorkerDrain(self._exit)
 
     def hooks(self) -> dict[str, Callable[..., None]]:
         """The gunicorn server hooks, by setting name, for ``globals().update(...)``."""
         return {
             "post_fork": self.post_fork,
             "post_worker_init": self.post_worker_init,
-            "pre_request": self.pre_request,
             "worker_exit": self.worker_exit,
+            "child_exit": self.child_exit,
+            "on_exit": self.on_exit,
         }
 
     def post_fork(self, server: Any, worker: Any) -> None:
         """gunicorn hook (in the new worker): record the worker and reset per-worker state."""
-        global _active_recycler
         self._reset(pid=os.getpid())
         self._worker = worker
         record_worker(worker)
-        _active_recycler = self
+        _worker._state.recycler = self
+        cfg = getattr(server, "cfg", None)
+        workers = getattr(cfg, "workers", None)
+        self._master_pid = getattr(server, "pid", None)
+        self._is_overlapping = (
+            self.is_draining
+            and isinstance(workers, int)
+            and 0 < workers <= self.overlap_max_workers
+            and isinstance(self._master_pid, int)
+            and getattr(cfg, "child_exit", None) == self.child_exit
+        )
+        self._take_over_max_requests(worker)
+
+    def _take_over_max_requests(self, worker: Any) -> None:
+        """Recycle at gunicorn's ``max_requests`` through the drain (and overlap) too.
+
+        The worker's own limit would stop it without overlap (and uvicorn's without the
+        drain): the limit is read here, switched off in the worker, and counted by the
+        DrainMiddleware instead.
+        """
+        limit = getattr(worker, "max_requests", None)
+        if not (self.is_wrapping_app and self.is_draining and isinstance(limit, int)):
+            return
+        if not 0 < limit < sys.maxsize:
+            return
+        self._max_requests = limit
+        worker.max_requests = sys.maxsize
+        config: Any = getattr(worker, "config", None)  # UvicornWorker's uvicorn Config
+        if getattr(config, "limit_max_requests", None) is not None:
+            config.limit_max_requests = None
 
     def post_worker_init(self, worker: Any) -> None:
         """gunicorn hook (app loaded): note the boot RSS, wrap the app, start the watchdog.
 
-        For a worker class that calls no request hook (UvicornWorker), the loaded ASGI app
-        (``worker.wsgi``) is wrapped so RSS is checked after each HTTP request.
+        The loaded ASGI app (``worker.asgi`` for gunicorn's asgi worker, ``worker.wsgi`` for
+        UvicornWorker) is wrapped in a DrainMiddleware unless ``is_wrapping_app`` is False.
         """
         if self.pid != os.getpid():  # the post_fork hook is not installed
             self.post_fork(None, worker)
-        app = getattr(worker, "wsgi", None)
-        if self.is_wrapping_app and app is not None and not _honours_alive_flag(worker):
-            worker.wsgi = _CheckAfterRequest(app, self)
+        attr = "asgi" if _honours_alive_flag(worker) and hasattr(worker, "asgi") else "wsgi"
+        app = getattr(worker, attr, None)
+        if self.is_wrapping_app and app is not None:
+            setattr(
+                worker,
+                attr,
+                DrainMiddleware(app, self.drain, self._check_before_headers, self._on_ready),
+            )
+        if self.max_rss_bytes is None:
+            return
         rss = self._rss_probe()
         self.boot_rss_bytes = rss
         if rss >= self.max_rss_bytes:
@@ -304,20 +289,8 @@ class RSSRecycler:
     def pre_request(self, worker: Any, req: Any) -> None:
         """gunicorn hook, before each request in gunicorn's own workers: check RSS.
 
-        Checking before the app runs (RSS then includes every earlier request) lets a worker
-        over the cap clear ``worker.alive`` before this response's headers are written, so
-        gunicorn announces ``Connection: close`` and keep-alive clients reconnect cleanly.
-        """
-        self.requests += 1
-        self.check(worker=worker)
-
-    def post_request(self, worker: Any, req: Any, environ: Any, resp: Any) -> None:
-        """gunicorn hook, after each request: uWSGI's reload-on-rss timing (check, then exit).
-
-        An alternative to :meth:`pre_request` (install one of them): the response is already
-        out with keep-alive, so a keep-alive client learns of the close only from the socket.
-        With a post_request hook set, gunicorn's asgi worker also waits for every app call to
-        return before reading the next request on a connection.
+        Not in :meth:`hooks`: the DrainMiddleware checks before the headers already. For
+        ``is_wrapping_app=False`` under gunicorn's own workers.
         """
         self.requests += 1
         self.check(worker=worker)
@@ -328,23 +301,49 @@ class RSSRecycler:
         if self.pid != os.getpid():  # called by the master for a worker that vanished
             return
         if self.is_recycling:
+            cap = self.max_worker_rss_mb
             logger.warning(
-                "worker pid %d exits, recycled on RSS (last %.1f MiB, cap %g MiB, %d requests)",
+                "worker pid %d exits, recycled %s (last %.1f MiB, cap %s MiB, %d requests)",
                 os.getpid(),
+                self._cause,
                 (self.last_rss_bytes or 0) / MIB,
-                self.max_worker_rss_mb,
+                "none" if cap is None else f"{cap:g}",
                 self.requests,
             )
 
+    def child_exit(self, server: Any, worker: Any) -> None:
+        """gunicorn hook (in the master, a worker reaped): give back an overlap's extra slot."""
+        _handoff.give_back_slot(server, int(getattr(worker, "pid", 0) or 0))
+
+    def on_exit(self, server: Any) -> None:
+        """gunicorn hook (in the master, at exit): remove the overlap marker directory."""
+        _handoff.remove_dir()
+
+    def _check_before_headers(self) -> None:
+        self.requests += 1
+        if self._max_requests is not None and self.requests >= self._max_requests:
+            if not self.is_recycling:
+                self._cause = "on max_requests"
+                self.recycle(f"max_requests {self._max_requests} reached")
+            return
+        try:
+            self.check()
+        except Exception:  # a probe failure must not replace the app's own response
+            logger.exception("RSS check before the response failed")
+
+    def _on_ready(self) -> None:
+        if self._master_pid is not None:
+            _handoff.mark_ready(self._master_pid)
+
     def check(self, rss_bytes: int | None = None, *, worker: Any = None) -> bool:
-        """Compare RSS (measured when not given) with the cap; over it, ask the worker to exit.
+        """Compare RSS (measured when not given) with the cap; over it, recycle the worker.
 
         Cheap enough for every response (one statm read, about 3 us). Returns True when the
         worker is being recycled (now or earlier).
         """
         if self.is_recycling:
             return True
-        if self.is_disabled:
+        if self.is_disabled or self.max_rss_bytes is None:
             return False
         _remember_running_loop()
         rss = self._rss_probe() if rss_bytes is None else rss_bytes
@@ -352,22 +351,43 @@ class RSSRecycler:
         self.last_rss_bytes = rss
         if rss < self.max_rss_bytes:
             return False
-        with self._lock:
-            if self.is_recycling:
-                return True
-            self.is_recycling = True
-        self._stop_watchdog.set()
         reason = (
             f"rss {rss / MIB:.1f} MiB >= max_worker_rss_mb {self.max_worker_rss_mb:g} "
             f"after {self.requests} requests, {self._clock() - self.started_at:.0f}s"
         )
-        logger.warning("worker pid %d over its RSS cap: %s; recycling", os.getpid(), reason)
-        target = worker if worker is not None else self._worker
+        if worker is not None and self._worker is None:
+            self._worker = worker
+        self._cause = "on RSS"
+        self.recycle(reason, log_over_cap=True)
+        return True
+
+    def recycle(self, reason: str, *, log_over_cap: bool = False) -> None:
+        """Replace this worker gracefully (only the first call acts); see the class docs."""
+        with self._lock:
+            if self.is_recycling:
+                return
+            self.is_recycling = True
+        self._stop_watchdog.set()
+        if log_over_cap:
+            logger.warning("worker pid %d over its RSS cap: %s; recycling", os.getpid(), reason)
+        if not self.is_draining:
+            self._exit(reason)
+            return
+        if self._is_overlapping and self._master_pid is not None:
+            started = _handoff.start_replacement(
+                self._master_pid,
+                lambda: self.drain.request_exit(reason),
+                timeout_seconds=self.handoff_timeout_seconds,
+            )
+            if started:
+                return
+        self.drain.request_exit(reason)
+
+    def _exit(self, reason: str) -> None:
         if self._exit_request is not None:
             self._exit_request(reason)
         else:
-            request_worker_exit(reason, worker=target)
-        return True
+            request_worker_exit(reason, worker=self._worker)
 
     def _watch(self) -> None:
         """Watchdog thread body: check every interval until recycling or exit."""
@@ -379,7 +399,7 @@ class RSSRecycler:
             except Exception:  # the watchdog must not die silently on a probe error
                 logger.exception("RSS watchdog check failed")
 
-    def stats(self) -> dict[str, Any]:
+    def stats(self) -> RecyclerStats:
         """This worker's recycler state: cap, requests, checks, last and boot RSS, recycling."""
         return {
             "pid": self.pid,
@@ -391,44 +411,6 @@ class RSSRecycler:
             "last_rss_bytes": self.last_rss_bytes,
             "is_recycling": self.is_recycling,
             "is_disabled": self.is_disabled,
+            "is_draining": self.drain.is_draining,
+            "overlap_max_workers": self.overlap_max_workers,
         }
-
-
-class _CheckAfterRequest:
-    """ASGI wrapper: after each HTTP request, check the worker's RSS (UvicornWorker).
-
-    Thread safety: holds no state of its own; runs on the worker's event loop.
-    """
-
-    def __init__(self, app: Callable[..., Awaitable[None]], recycler: RSSRecycler) -> None:
-        self.app = app
-        self.recycler = recycler
-
-    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-        _remember_running_loop()
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        try:
-            await self.app(scope, receive, send)
-        finally:
-            self.recycler.requests += 1
-            try:
-                self.recycler.check()
-            except Exception:  # a probe failure must not replace the app's own outcome
-                logger.exception("RSS check after the request failed")
-
-
-def active_recycler() -> RSSRecycler | None:
-    """The RSSRecycler whose post_fork hook ran in this process, or None."""
-    recycler = _active_recycler
-    return recycler if recycler is not None and recycler.pid == os.getpid() else None
-
-
-def _reset_for_tests() -> None:
-    """Forget the recorded worker, the exit request and the active recycler."""
-    global _worker, _worker_pid, _exit_reason, _exit_pid, _active_recycler, _loop, _loop_pid
-    with _state_lock:
-        _worker = _worker_pid = _exit_reason = _exit_pid = None
-        _active_recycler = None
-        _loop = _loop_pid = None

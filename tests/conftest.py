@@ -6,7 +6,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from memsafe.singleton import SingletonMeta
+import memsafe.testing
 
 
 class FakeClock:
@@ -29,6 +29,6 @@ def fake_clock() -> FakeClock:
 
 @pytest.fixture(autouse=True)
 def _reset_singletons() -> Iterator[None]:
-    """Every test starts and ends with no singleton instance registered."""
+    """Every test ends with memsafe's process-wide state reset (memsafe.testing.reset)."""
     yield
-    SingletonMeta._reset_for_tests()
+    memsafe.testing.reset()

@@ -54,8 +54,8 @@ def test_python_example_runs_as_shown(index: int) -> None:
             assert monitor.stats()["requests"] == 1
         recycler = namespace.get("recycler")
         if recycler is not None:
-            for hook in ("post_fork", "post_worker_init", "pre_request", "worker_exit"):
-                assert callable(namespace[hook])
+            for hook in ("post_fork", "post_worker_init", "worker_exit", "child_exit", "on_exit"):
+                assert namespace[hook] == getattr(recycler, hook)
     finally:
         cache_manager.remove_cache("readme_users")
 

@@ -17,9 +17,7 @@ if TYPE_CHECKING:
     from app.core.metrics import RequestMetrics, SharedSnapshots
     from app.services.users import UserDataService
     from app.store import UserStore
-    from memsafe.cleanup import MemoryCleanupService
-    from memsafe.manager import CacheManager
-    from memsafe.middleware import MemoryMonitor
+    from memsafe import CacheManager, MemoryCleanupService, MemoryMonitor
 
 
 @dataclass

@@ -94,6 +94,7 @@ class ServerSettings(_Section):
     max_requests_jitter: int = Field(default=0, ge=0, le=1_000_000)
     max_worker_rss_mb: int | None = Field(default=None, ge=32, le=65_536)
     rss_check_interval_seconds: float = Field(default=1.0, gt=0.0, le=600.0)
+    recycle_overlap_max_workers: int = Field(default=1, ge=0, le=32)
     preload: bool = True
     forwarded_allow_ips: str = "127.0.0.1"
 

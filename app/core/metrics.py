@@ -187,16 +187,18 @@ def families(snapshots: list[Snapshot]) -> Iterator[Metric]:
             latency.add_metric([pid, method, route], buckets, hist[-1])
         rss.add_metric([pid], snap.get("rss_bytes", 0))
         for cache, stats in snap.get("caches", {}).items():
+            # Keys of memsafe's CacheStats / CleanupStats, indexed: a renamed key fails loudly
+            # instead of reporting 0.
             for name, family in cache_counters.items():
-                family.add_metric([pid, cache], stats.get(name, 0))
-            cache_size.add_metric([pid, cache], stats.get("size", 0))
-            cache_bytes.add_metric([pid, cache], stats.get("bytes", 0))
+                family.add_metric([pid, cache], stats[name])
+            cache_size.add_metric([pid, cache], stats["size"])
+            cache_bytes.add_metric([pid, cache], stats["bytes"])
         cleanup = snap.get("cleanup")
         if cleanup:
-            cleanup_passes.add_metric([pid], cleanup.get("passes", 0))
-            cleanup_failures.add_metric([pid], cleanup.get("failures", 0))
-            cleanup_full_gcs.add_metric([pid], cleanup.get("full_gcs", 0))
-            current = cleanup.get("level", "normal")
+            cleanup_passes.add_metric([pid], cleanup["passes"])
+            cleanup_failures.add_metric([pid], cleanup["failures"])
+            cleanup_full_gcs.add_metric([pid], cleanup["full_gcs"])
+            current = cleanup["level"]
             for level in ("normal", "soft", "hard", "recycle"):
                 cleanup_level.add_metric([pid, level], 1.0 if level == current else 0.0)
     yield requests
@@ -213,11 +215,6 @@ def families(snapshots: list[Snapshot]) -> Iterator[Metric]:
 
 def _bound(value: float) -> str:
     return "+Inf" if value == float("inf") else repr(value)
-
-
-def current_pid() -> int:
-    """This process's pid (read per call: gunicorn workers are forks of the master)."""
-    return os.getpid()
 
 
 class SharedSnapshots:
@@ -281,14 +278,6 @@ class SharedSnapshots:
                 f"directory owned by uid {os.getuid()}, not writable by group or others"
             )
             raise UnsafeDirectoryError(msg)
-
-    def is_directory_safe(self) -> bool:
-        """True when ensure_directory() succeeds."""
-        try:
-            self.ensure_directory()
-        except OSError:
-            return False
-        return True
 
     def publish(self, snapshot: Snapshot) -> None:
         """Write this worker's snapshot (atomic replace) into the checked directory."""
@@ -357,11 +346,6 @@ class SharedSnapshots:
             and info.st_uid == os.getuid()
             and not info.st_mode & (stat.S_IWGRP | stat.S_IWOTH)
         )
-
-    def cleanup_directory(self) -> None:
-        """Remove the directory when no snapshot is left in it."""
-        with contextlib.suppress(OSError):
-            self.directory.rmdir()
 
 
 def _is_alive(pid: int) -> bool:

@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
 from typing import TypeVar
 
-from memsafe.recycle import current_worker
+from memsafe import is_gunicorn_worker
 
 logger = logging.getLogger(__name__)
 
@@ -79,7 +79,7 @@ def guard_startup(lifespan: Lifespan[AppT]) -> Lifespan[AppT]:
             try:
                 await stack.enter_async_context(lifespan(app))
             except Exception as exc:
-                under_gunicorn = current_worker() is not None
+                under_gunicorn = is_gunicorn_worker()
                 logger.error(
                     "worker start-up failed: %s: %s%s",
                     type(exc).__name__,

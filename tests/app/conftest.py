@@ -12,7 +12,6 @@ from fastapi.testclient import TestClient as TestClient
 
 from app.core.config import Settings, load_settings
 from app.main import create_app
-from memsafe import recycle
 
 ROOT = Path(__file__).resolve().parents[2]
 ADMIN_TOKEN = "test-admin-token"
@@ -32,7 +31,6 @@ def _clean_env(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
         if name.startswith("APP_") or name in _ENV_VARS:
             monkeypatch.delenv(name)
     yield
-    recycle._reset_for_tests()
 
 
 def _merge(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:

@@ -77,11 +77,12 @@ def test_render_profiles_trust_the_proxy(monkeypatch: pytest.MonkeyPatch) -> Non
     assert conf["max_requests"] > 0
 
 
-def test_no_recycler_without_an_rss_cap(
+def test_recycler_without_an_rss_cap_checks_nothing_but_serves_the_cleaner(
     write_profile: ProfileWriter, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     conf = _load(monkeypatch, str(write_profile({"server": {"max_worker_rss_mb": None}})))
-    assert conf["_recycler"] is None
+    assert conf["_recycler"].max_rss_bytes is None
+    assert conf["child_exit"] == conf["_recycler"].child_exit
 
 
 def test_when_ready_freezes_the_master_heap(

@@ -10,7 +10,8 @@ import pytest
 import app.main as main_module
 from app.api.deps import AppState
 from app.core.config import Settings, load_settings
-from app.main import create_app, recycle_worker
+from app.main import create_app
+from memsafe import recycle_worker
 from tests.app.conftest import ROOT, ClientFactory, ProfileWriter, TestClient
 
 
@@ -69,9 +70,16 @@ def test_monitor_can_be_disabled(write_profile: ProfileWriter, make_client: Clie
 
 
 def test_recycle_without_gunicorn_only_logs(caplog: pytest.LogCaptureFixture) -> None:
-    with caplog.at_level(logging.WARNING, logger="app.main"):
-        recycle_worker("test")
-    assert "no gunicorn master" in caplog.text
+    with caplog.at_level(logging.WARNING, logger="memsafe.recycle"):
+        assert recycle_worker("test") is False
+    assert "no RSSRecycler in this process; staying up" in caplog.text
+
+
+def test_the_cleaner_recycles_through_memsafe_public_recycle_worker(settings: Settings) -> None:
+    with TestClient(create_app(settings)) as c:
+        state: AppState = c.app.state.runtime  # type: ignore[attr-defined]  # FastAPI app
+        assert state.cleanup is not None
+        assert state.cleanup._recycle is recycle_worker
 
 
 def test_module_app_is_built_lazily_from_app_config(

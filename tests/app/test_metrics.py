@@ -150,14 +150,13 @@ def test_shared_snapshot_remove_and_directory_cleanup(tmp_path: Path) -> None:
     shared.publish(_snap(123))
     shared.remove(123)
     shared.remove(123)
-    shared.cleanup_directory()
-    assert not (tmp_path / "m").exists()
+    assert list((tmp_path / "m").iterdir()) == []
 
 
 def test_workers_under_gunicorn_publish_and_report_siblings(
     settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(main_module, "current_worker", lambda: object())
+    monkeypatch.setattr(main_module, "is_gunicorn_worker", lambda: True)
     monkeypatch.setattr(main_module, "shared_snapshot_dir", lambda master_pid: tmp_path / "m")
     sibling = SharedSnapshots(tmp_path / "m", max_age_seconds=60)
     sibling.publish(_snap(os.getppid(), 7))
@@ -200,7 +199,7 @@ def test_unknown_method_is_recorded_as_other() -> None:
 
 def test_shared_directory_is_created_private(tmp_path: Path) -> None:
     shared = SharedSnapshots(tmp_path / "m", max_age_seconds=60)
-    assert shared.is_directory_safe()
+    shared.ensure_directory()
     assert stat.S_IMODE((tmp_path / "m").stat().st_mode) == 0o700
 
 
@@ -209,7 +208,8 @@ def test_symlinked_shared_directory_is_refused(tmp_path: Path) -> None:
     target.mkdir(mode=0o700)
     (tmp_path / "m").symlink_to(target)
     shared = SharedSnapshots(tmp_path / "m", max_age_seconds=60)
-    assert not shared.is_directory_safe()
+    with pytest.raises(UnsafeDirectoryError, match="symlink"):
+        shared.ensure_directory()
     with pytest.raises(UnsafeDirectoryError, match="symlink"):
         shared.publish(_snap(os.getpid()))
     (target / f"worker-{os.getppid()}.json").write_text(json.dumps(_snap(os.getppid())))
@@ -245,7 +245,7 @@ def test_worker_with_unsafe_shared_directory_serves_own_metrics(
     target = tmp_path / "victim"
     target.mkdir()
     (tmp_path / "m").symlink_to(target)
-    monkeypatch.setattr(main_module, "current_worker", lambda: object())
+    monkeypatch.setattr(main_module, "is_gunicorn_worker", lambda: True)
     monkeypatch.setattr(main_module, "shared_snapshot_dir", lambda master_pid: tmp_path / "m")
     with caplog.at_level(logging.WARNING, logger="app.main"), TestClient(create_app(settings)) as c:
         c.get("/users/1")

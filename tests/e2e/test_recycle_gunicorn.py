@@ -1,10 +1,15 @@
-"""A real gunicorn recycles a leaking worker on RSS while clients see no failed request."""
+"""A real gunicorn recycles leaking workers on RSS; clients that never retry see no failure.
+
+Only memsafe is involved (tests/e2e/gunicorn_recycle_conf.py installs RSSRecycler's hooks
+around a plain leaking ASGI app): its DrainMiddleware announces `Connection: close` before
+a worker exits and, with one worker, the replacement serves before the old one drains. The
+clients are plain http.client keep-alive connections that never retry a failed request.
+"""
 
 from __future__ import annotations
 
 import contextlib
 import http.client
-import json
 import logging
 import os
 import pathlib
@@ -14,11 +19,12 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import psutil
 import pytest
 
+from benchmarks.bench_recycle import drive
 from loadtests.server import free_port
 
 pytestmark = [pytest.mark.slow, pytest.mark.e2e]
@@ -28,22 +34,11 @@ ROOT = pathlib.Path(__file__).resolve().parents[2]
 CONFIG = pathlib.Path(__file__).with_name("gunicorn_recycle_conf.py")
 MAX_WORKER_RSS_MB = 60  # an idle worker of this app is ~26-29 MiB
 LEAK_KIB = 2048
-CLIENT_THREADS = 4
-KEEP_ALIVE_THREADS = int(os.environ.get("E2E_KEEP_ALIVE_THREADS", "2"))
-RUN_LIMIT_SECONDS = 12.0
-MAX_REQUESTS = 1500
-REQUESTS_AFTER_REPLACEMENT = 30
-
-
-@dataclass
-class Traffic:
-    """What the clients saw."""
-
-    lock: threading.Lock = field(default_factory=threading.Lock)
-    pids: list[int] = field(default_factory=list)
-    failures: list[str] = field(default_factory=list)
-    replaced_at: int | None = None
-    stale_retries: int = 0
+CONNECTIONS = 10
+RATE_PER_SECOND = 50.0
+MIN_RECYCLES = 10
+RUN_LIMIT_SECONDS = 90.0
+RECYCLE_LINE = "over its RSS cap"
 
 
 @dataclass
@@ -56,90 +51,42 @@ class Server:
         return self.log_path.read_text(errors="replace")
 
 
-def _get(port: int, conn: http.client.HTTPConnection | None = None) -> int:
-    """One GET, on ``conn`` (kept alive) or on a fresh connection; the pid that answered."""
-    is_fresh = conn is None
-    if conn is None:
-        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
-    try:
-        conn.request("GET", "/", headers={"Connection": "close"} if is_fresh else {})
-        response = conn.getresponse()
-        body = response.read()
-        if response.status != 200:
-            msg = f"status {response.status}: {body[:200]!r}"
-            raise RuntimeError(msg)
-        pid: int = json.loads(body)["pid"]
-        return pid
-    except BaseException:
-        conn.close()
-        raise
-    finally:
-        if is_fresh:
-            conn.close()
-
-
-# A server may close an idle keep-alive connection just as the client reuses it; RFC 9112
-# section 9.3.1 lets a client retry an idempotent request then, and proxies and browsers do.
-# Ref: https://www.rfc-editor.org/rfc/rfc9112#section-9.3.1
-_STALE_CONNECTION_ERRORS = (
-    http.client.RemoteDisconnected,
-    ConnectionResetError,
-    BrokenPipeError,
-)
-
-
-def _get_kept_alive(port: int, conn: http.client.HTTPConnection, traffic: Traffic) -> int:
-    """GET on a kept-alive connection, retried once on a fresh one if it went stale."""
-    is_reused = conn.sock is not None
-    try:
-        return _get(port, conn)
-    except _STALE_CONNECTION_ERRORS:
-        if not is_reused:
-            raise
-    with traffic.lock:
-        traffic.stale_retries += 1
-    return _get(port, conn)
-
-
 def _wait_ready(server: Server, deadline_seconds: float = 15.0) -> None:
     deadline = time.monotonic() + deadline_seconds
     while time.monotonic() < deadline:
         if server.process.poll() is not None:
             pytest.fail(f"gunicorn exited early:\n{server.log()}")
         with contextlib.suppress(OSError, http.client.HTTPException):
-            _get(server.port)
-            return
+            conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=2)
+            conn.request("GET", "/")
+            status = conn.getresponse().status
+            conn.close()
+            if status == 200:
+                return
         time.sleep(0.1)
     pytest.fail(f"gunicorn not ready in {deadline_seconds}s:\n{server.log()}")
 
 
-def _worker_pids(server: Server, count: int) -> set[int]:
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        pids = {child.pid for child in psutil.Process(server.process.pid).children()}
-        if len(pids) == count:
-            return pids
-        time.sleep(0.05)
-    pytest.fail(f"gunicorn did not reach {count} workers:\n{server.log()}")
-
-
 @contextlib.contextmanager
 def _gunicorn(
-    tmp_path: pathlib.Path, worker_class: str, *, is_app_check: bool, interval: str
+    tmp_path: pathlib.Path,
+    worker_class: str,
+    workers: int,
+    *,
+    leak_kib: int = LEAK_KIB,
+    max_requests: int = 0,
 ) -> Iterator[Server]:
-    """gunicorn with two workers; the app wrapper is on unless the app checks by itself."""
     port = free_port()
     log_path = tmp_path / "gunicorn.log"
     env = {
         **os.environ,
         "PYTHONPATH": str(ROOT),
         "E2E_BIND": f"127.0.0.1:{port}",
+        "E2E_WORKERS": str(workers),
         "E2E_WORKER_CLASS": worker_class,
         "E2E_MAX_WORKER_RSS_MB": str(MAX_WORKER_RSS_MB),
-        "E2E_CHECK_INTERVAL_SECONDS": interval,
-        "E2E_LEAK_KIB": str(LEAK_KIB),
-        "E2E_APP_CHECK": "1" if is_app_check else "0",
-        "E2E_WRAP_APP": "0" if is_app_check else "1",
+        "E2E_LEAK_KIB": str(leak_kib),
+        "E2E_MAX_REQUESTS": str(max_requests),
     }
     command = [sys.executable, "-m", "gunicorn", "-c", str(CONFIG), "tests.e2e.leaky_asgi:app"]
     with log_path.open("wb") as log:
@@ -156,88 +103,113 @@ def _gunicorn(
             process.wait(timeout=5)
 
 
-def _client(
-    server: Server, traffic: Traffic, initial: set[int], stop: threading.Event, keep_alive: bool
+def _settled_worker_count(server: Server, expected: int) -> int:
+    """The master's worker count once recycles in progress are done (at most 10 s)."""
+    deadline = time.monotonic() + 10
+    count = -1
+    while time.monotonic() < deadline:
+        count = len(psutil.Process(server.process.pid).children())
+        if count == expected:
+            break
+        time.sleep(0.1)
+    return count
+
+
+def _stop_after_recycles(
+    server: Server, stop: threading.Event, line: str = RECYCLE_LINE, count: int = MIN_RECYCLES
 ) -> None:
-    conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)
-    try:
-        while not stop.is_set():
-            try:
-                if keep_alive:
-                    pid = _get_kept_alive(server.port, conn, traffic)
-                else:
-                    pid = _get(server.port)
-            except (OSError, http.client.HTTPException, RuntimeError) as exc:
-                with traffic.lock:
-                    traffic.failures.append(f"keep_alive={keep_alive} {type(exc).__name__}: {exc}")
-                continue
-            with traffic.lock:
-                traffic.pids.append(pid)
-                if traffic.replaced_at is None and pid not in initial:
-                    traffic.replaced_at = len(traffic.pids)
-                done = len(traffic.pids) >= MAX_REQUESTS or (
-                    traffic.replaced_at is not None
-                    and len(traffic.pids) - traffic.replaced_at >= REQUESTS_AFTER_REPLACEMENT
-                )
-            if done:
-                stop.set()
-    finally:
-        conn.close()
+    while not stop.wait(0.2):
+        if server.log().count(line) >= count:
+            stop.wait(1.0)  # let the last replacement take over under traffic
+            stop.set()
 
 
-def _drive(server: Server, initial: set[int]) -> Traffic:
-    traffic = Traffic()
-    stop = threading.Event()
-    threads = [
-        threading.Thread(
-            target=_client, args=(server, traffic, initial, stop, index < KEEP_ALIVE_THREADS)
+@pytest.mark.parametrize("workers", [1, 2])
+@pytest.mark.parametrize(
+    "worker_class",
+    [
+        pytest.param("asgi", id="gunicorn-asgi"),
+        pytest.param("uvicorn_worker.UvicornWorker", id="uvicorn-worker"),
+    ],
+)
+def test_keep_alive_clients_that_never_retry_see_no_failure_across_recycles(
+    tmp_path: pathlib.Path, worker_class: str, workers: int
+) -> None:
+    with _gunicorn(tmp_path, worker_class, workers) as server:
+        _wait_ready(server)
+        stop = threading.Event()
+        watcher = threading.Thread(target=_stop_after_recycles, args=(server, stop), daemon=True)
+        watcher.start()
+        traffic = drive(
+            server.port,
+            path="/",
+            connections=CONNECTIONS,
+            rate=RATE_PER_SECOND,
+            duration_seconds=RUN_LIMIT_SECONDS,
+            stop=stop,
         )
-        for index in range(CLIENT_THREADS)
-    ]
-    for thread in threads:
-        thread.start()
-    stop.wait(RUN_LIMIT_SECONDS)
-    stop.set()
-    for thread in threads:
-        thread.join(timeout=15)
-    return traffic
+        stop.set()
+        watcher.join(timeout=5)
+        final_workers = _settled_worker_count(server, workers)
+    log = server.log()
+    recycles = log.count(RECYCLE_LINE)
+    logger.info(
+        "%s, %d worker(s): %d requests, %d failed, %d recycles, %d pids, max %.0f ms",
+        worker_class,
+        workers,
+        traffic.requests,
+        len(traffic.failures),
+        recycles,
+        len(traffic.pids),
+        max(traffic.latencies_ms, default=0.0),
+    )
+    assert traffic.failures == [], log[-5000:]
+    assert recycles >= MIN_RECYCLES, log[-5000:]
+    assert len(traffic.pids) > MIN_RECYCLES  # answers came from the replacements too
+    assert "Traceback" not in log
+    assert "exited with code" not in log
+    assert final_workers == workers  # an overlap's extra slot was given back every time
+    if workers == 1:
+        # The overlap ran: each recycle asked the master for its replacement first.
+        assert log.count("asked master") >= MIN_RECYCLES, log[-5000:]
+        assert log.count("Handling signal: ttin") >= MIN_RECYCLES, log[-5000:]
 
 
 @pytest.mark.parametrize(
-    ("worker_class", "is_app_check", "interval"),
+    "worker_class",
     [
-        # gunicorn's own asgi worker calls the pre_request hook.
-        pytest.param("asgi", False, "", id="gunicorn-asgi-pre_request"),
-        # UvicornWorker calls no hook: post_worker_init wraps the app; the watchdog also runs.
-        pytest.param("uvicorn_worker.UvicornWorker", False, "0.5", id="uvicorn-worker-hooks"),
-        # The app itself checks after each response, as the monitor middleware's hook does.
-        pytest.param("uvicorn_worker.UvicornWorker", True, "", id="uvicorn-worker-app-check"),
+        pytest.param("asgi", id="gunicorn-asgi"),
+        pytest.param("uvicorn_worker.UvicornWorker", id="uvicorn-worker"),
     ],
 )
-def test_leaking_worker_is_replaced_and_no_request_fails(
-    tmp_path: pathlib.Path, worker_class: str, is_app_check: bool, interval: str
+def test_max_requests_restarts_a_lone_worker_with_overlap_and_no_failure(
+    tmp_path: pathlib.Path, worker_class: str
 ) -> None:
-    with _gunicorn(tmp_path, worker_class, is_app_check=is_app_check, interval=interval) as server:
+    recycles = 5
+    with _gunicorn(tmp_path, worker_class, 1, leak_kib=0, max_requests=40) as server:
         _wait_ready(server)
-        initial = _worker_pids(server, 2)
-        traffic = _drive(server, initial)
-        alive_after = {child.pid for child in psutil.Process(server.process.pid).children()}
+        stop = threading.Event()
+        watcher = threading.Thread(
+            target=_stop_after_recycles,
+            args=(server, stop, "asked master", recycles),
+            daemon=True,
+        )
+        watcher.start()
+        traffic = drive(
+            server.port,
+            path="/",
+            connections=CONNECTIONS,
+            rate=RATE_PER_SECOND,
+            duration_seconds=RUN_LIMIT_SECONDS,
+            stop=stop,
+        )
+        stop.set()
+        watcher.join(timeout=5)
+        final_workers = _settled_worker_count(server, 1)
     log = server.log()
-    logger.info(
-        "%s: %d requests, %d failures, %d stale keep-alive retries, pids %s -> new %s",
-        worker_class,
-        len(traffic.pids),
-        len(traffic.failures),
-        traffic.stale_retries,
-        sorted(initial),
-        sorted(set(traffic.pids) - initial),
-    )
-    assert traffic.failures == [], log
-    assert traffic.replaced_at is not None, f"no worker was replaced\n{log}"
-    new_pids = set(traffic.pids) - initial
-    assert new_pids, log
-    assert initial - alive_after, "an original worker should be gone"
-    assert "over its RSS cap" in log
-    assert f"max_worker_rss_mb {MAX_WORKER_RSS_MB}" in log
+    assert traffic.failures == [], log[-5000:]
+    assert log.count("asked master") >= recycles, log[-5000:]
+    assert "max_requests 40 reached" in log
+    assert len(traffic.pids) > recycles
+    assert final_workers == 1
     assert "Traceback" not in log
-    assert "exited with code" not in log

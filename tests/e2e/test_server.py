@@ -86,7 +86,7 @@ def test_worker_recycled_on_rss_under_traffic_without_failed_requests(
             "APP_CONFIG": str(_profile_without_memory_limits(tmp_path)),
             "APP_SERVER__MAX_WORKER_RSS_MB": str(cap_mb),
             # Either the check before each response's headers or the watchdog thread trips;
-            # both go through app.core.draining (Connection: close first, then exit).
+            # both go through memsafe.drain (Connection: close first, then exit).
             "APP_SERVER__RSS_CHECK_INTERVAL_SECONDS": "0.5",
             "APP_MONITOR__ALERT_RSS_MB": str(cap_mb + 100),
         }

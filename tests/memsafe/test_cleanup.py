@@ -15,11 +15,12 @@ from typing import Any
 
 import pytest
 
-from memsafe import cleanup
+from memsafe import _default_cleanup as default_cleanup
+from memsafe._types import CleanupStats
 from memsafe.cleanup import CleanupConfig, CleanupEvent, Level, MemoryCleanupService
 from memsafe.manager import cache_manager
 from memsafe.probes import ContainerMemory, ReleaseResult
-from memsafe.recycle import request_worker_exit
+from memsafe.recycle import recycle_worker
 from tests.conftest import FakeClock
 
 MIB = 1024 * 1024
@@ -423,7 +424,7 @@ def test_defaults_are_the_process_wide_manager_and_worker_exit(fake_clock: FakeC
     service = MemoryCleanupService(clock=fake_clock)
     assert service.config == CleanupConfig()
     assert service._manager is cache_manager
-    assert service._recycle is request_worker_exit
+    assert service._recycle is recycle_worker
 
 
 # --- the task -----------------------------------------------------------------------------
@@ -454,7 +455,7 @@ def test_loop_goes_on_after_failing_passes() -> None:
     manager.fail_times = 2
     service = _fast_service(manager, soft_limit_mb=100)
 
-    async def scenario() -> tuple[dict[str, Any], asyncio.Task[None] | None]:
+    async def scenario() -> tuple[CleanupStats, asyncio.Task[None] | None]:
         service.start()
         task = service._task
         service.start()  # a second start is a no-op
@@ -526,7 +527,7 @@ def test_a_pass_ignoring_cancellation_keeps_is_running_true_and_blocks_a_second_
             may_finish.set()  # else asyncio.run would wait forever on the stubborn task
 
     async def stop_then_restart() -> tuple[float, asyncio.Task[None] | None]:
-        service = cleanup.start_memory_cleanup(
+        service = await default_cleanup.start_memory_cleanup(
             interval_seconds=0.01,
             soft_limit_mb=100,
             shutdown_timeout_seconds=0.2,
@@ -540,24 +541,24 @@ def test_a_pass_ignoring_cancellation_keeps_is_running_true_and_blocks_a_second_
         assert task is not None
         await asyncio.wait_for(entered.wait(), timeout=10)
         started = time.monotonic()
-        await cleanup.stop_memory_cleanup()
+        await default_cleanup.stop_memory_cleanup()
         elapsed = time.monotonic() - started
         assert service.is_running  # the abandoned task is still alive
         assert service.stats()["is_running"] is True
-        assert cleanup.default_cleanup_service() is service
+        assert default_cleanup.default_cleanup_service() is service
         with pytest.raises(RuntimeError, match="still running"):
             service.start()
         with pytest.raises(RuntimeError, match="still running"):
-            cleanup.start_memory_cleanup()
+            await default_cleanup.start_memory_cleanup()
         assert service._task is task
         may_finish.set()
         await asyncio.wait_for(asyncio.wait({task}), timeout=10)
         assert not service.is_running
         service.start()  # the old loop has ended: a new one may start
         assert service._task is not task
-        await cleanup.stop_memory_cleanup()
+        await default_cleanup.stop_memory_cleanup()
         assert not service.is_running
-        assert cleanup.default_cleanup_service() is None
+        assert default_cleanup.default_cleanup_service() is None
         return elapsed, task
 
     with caplog.at_level(logging.ERROR, logger="memsafe.cleanup"):
@@ -572,7 +573,7 @@ def test_seed_functions_start_and_stop_one_default_service(fake_clock: FakeClock
     manager = FakeManager()
 
     async def scenario() -> None:
-        service = cleanup.start_memory_cleanup(
+        service = await default_cleanup.start_memory_cleanup(
             interval_seconds=60,
             max_events=5,
             manager=manager,
@@ -581,22 +582,22 @@ def test_seed_functions_start_and_stop_one_default_service(fake_clock: FakeClock
         )
         assert service.config.max_events == 5
         assert service.is_running
-        assert cleanup.start_memory_cleanup() is service
-        assert cleanup.default_cleanup_service() is service
-        await cleanup.stop_memory_cleanup()
+        assert await default_cleanup.start_memory_cleanup() is service
+        assert default_cleanup.default_cleanup_service() is service
+        await default_cleanup.stop_memory_cleanup()
         assert not service.is_running
-        assert cleanup.default_cleanup_service() is None
-        await cleanup.stop_memory_cleanup()  # nothing to stop
+        assert default_cleanup.default_cleanup_service() is None
+        await default_cleanup.stop_memory_cleanup()  # nothing to stop
 
     asyncio.run(scenario())
 
 
 def test_seed_start_accepts_a_config(fake_clock: FakeClock) -> None:
     async def scenario() -> CleanupConfig:
-        service = cleanup.start_memory_cleanup(
+        service = await default_cleanup.start_memory_cleanup(
             CleanupConfig(interval_seconds=60), manager=FakeManager(), recycle=lambda r: None
         )
-        await cleanup.stop_memory_cleanup()
+        await default_cleanup.stop_memory_cleanup()
         return service.config
 
     assert asyncio.run(scenario()).interval_seconds == 60

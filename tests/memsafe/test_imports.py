@@ -5,7 +5,10 @@ from __future__ import annotations
 import ast
 import inspect
 import pathlib
+from pathlib import Path
 from typing import is_typeddict
+
+import pytest
 
 import memsafe
 
@@ -54,3 +57,51 @@ def test_every_public_class_states_its_concurrency_contract() -> None:
         and "Thread safety:" not in (cls.__doc__ or "")
     ]
     assert missing == []
+
+
+def test_version_comes_from_the_distribution_or_its_pyproject(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from importlib import metadata
+
+    from memsafe import _version
+
+    pyproject = (Path(_version.__file__).with_name("pyproject.toml")).read_text()
+    assert f'version = "{memsafe.__version__}"' in pyproject
+
+    def not_installed(name: str) -> str:
+        raise metadata.PackageNotFoundError(name)
+
+    monkeypatch.setattr("memsafe._version.metadata.version", not_installed)
+    assert _version._version() == memsafe.__version__  # read from memsafe/pyproject.toml
+    monkeypatch.setattr(_version, "_PYPROJECT", Path("/nonexistent/pyproject.toml"))
+    assert _version._version() == "0+unknown"
+
+
+def test_testing_reset_forgets_process_wide_state() -> None:
+    import asyncio
+
+    from memsafe import _default_cleanup, _worker, cache_manager
+    from memsafe.testing import reset
+
+    _worker.record_worker(object())
+    cache_manager.create_cache("reset_probe", max_size=2)
+
+    async def start() -> None:
+        await memsafe.start_memory_cleanup(interval_seconds=60)
+        await memsafe.stop_memory_cleanup()
+        _default_cleanup._default_service = memsafe.MemoryCleanupService()
+
+    asyncio.run(start())
+    reset()
+    assert not memsafe.is_gunicorn_worker()
+    assert _default_cleanup.default_cleanup_service() is None
+    assert "reset_probe" not in cache_manager.get_cache_stats()["caches"]
+
+
+def test_stats_return_exactly_the_keys_of_their_typed_dicts() -> None:
+    from memsafe import CleanupStats, MemoryCleanupService, RecyclerStats, RSSRecycler
+
+    service = MemoryCleanupService(manager=memsafe.CacheManager(), recycle=lambda reason: None)
+    assert set(service.stats()) == set(CleanupStats.__annotations__)
+    assert set(RSSRecycler(64).stats()) == set(RecyclerStats.__annotations__)

@@ -17,7 +17,9 @@ from gunicorn.config import Config
 from gunicorn.workers.gasgi import ASGIWorker
 from uvicorn_worker import UvicornWorker
 
-from memsafe import recycle
+import memsafe.testing
+from memsafe import _worker, recycle
+from memsafe.drain import DrainMiddleware
 from memsafe.recycle import RSSRecycler, request_worker_exit
 from tests.conftest import FakeClock
 
@@ -59,9 +61,9 @@ class Rss:
 
 @pytest.fixture(autouse=True)
 def _clean_recycle_state() -> Iterator[None]:
-    recycle._reset_for_tests()
+    memsafe.testing.reset()
     yield
-    recycle._reset_for_tests()
+    memsafe.testing.reset()
 
 
 @pytest.fixture
@@ -93,16 +95,48 @@ def test_cap_out_of_range_is_rejected(cap: float) -> None:
         RSSRecycler(cap)
 
 
-@pytest.mark.parametrize("cap", ["512", True, None])
+@pytest.mark.parametrize("cap", ["512", True])
 def test_cap_of_wrong_type_is_rejected(cap: Any) -> None:
-    with pytest.raises(TypeError, match="max_worker_rss_mb must be a number"):
+    with pytest.raises(TypeError, match="max_worker_rss_mb must be None or a number"):
         RSSRecycler(cap)
 
 
-@pytest.mark.parametrize("interval", [0, -1, 7200, "1", True])
-def test_bad_check_interval_is_rejected(interval: Any) -> None:
+@pytest.mark.parametrize("interval", [0, -1, 7200])
+def test_check_interval_out_of_range_is_rejected(interval: Any) -> None:
     with pytest.raises(ValueError, match=r"check_interval_seconds must be None or in \(0, 3600\]"):
         RSSRecycler(256, interval)
+
+
+@pytest.mark.parametrize("interval", ["1", True])
+def test_check_interval_of_wrong_type_is_rejected(interval: Any) -> None:
+    with pytest.raises(TypeError, match="check_interval_seconds must be None or a number"):
+        RSSRecycler(256, interval)
+
+
+@pytest.mark.parametrize(
+    ("value", "error"), [(-1, ValueError), (1.5, TypeError), (True, TypeError)]
+)
+def test_bad_overlap_max_workers_is_rejected(value: Any, error: type[Exception]) -> None:
+    with pytest.raises(error, match="overlap_max_workers must be"):
+        RSSRecycler(256, overlap_max_workers=value)
+
+
+def test_without_a_cap_nothing_is_probed_but_recycle_still_drains(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    rss = Rss(10_000)
+    reasons: list[str] = []
+    worker = GunicornLikeWorker()
+    recycler = _forked(RSSRecycler(None, 0.01, rss_probe=rss, exit_request=reasons.append), worker)
+    recycler.post_worker_init(worker)
+    assert recycler._watchdog is None
+    assert recycler.check() is False
+    assert rss.reads == 0
+    assert recycle.recycle_worker("cleaner says so") is True
+    assert reasons == ["cleaner says so"]  # no loop bound: the drain exits at once
+    with caplog.at_level(logging.WARNING, logger="memsafe.recycle"):
+        recycler.worker_exit(object(), worker)
+    assert "exits, recycled on request (last 0.0 MiB, cap none MiB" in caplog.text
 
 
 def test_hooks_pass_gunicorn_setting_validation() -> None:
@@ -110,8 +144,14 @@ def test_hooks_pass_gunicorn_setting_validation() -> None:
     cfg = Config()
     for name, hook in recycler.hooks().items():
         cfg.set(name, hook)
-    assert set(recycler.hooks()) == {"post_fork", "post_worker_init", "pre_request", "worker_exit"}
-    cfg.set("post_request", recycler.post_request)  # the uWSGI-timed alternative
+    assert set(recycler.hooks()) == {
+        "post_fork",
+        "post_worker_init",
+        "worker_exit",
+        "child_exit",
+        "on_exit",
+    }
+    cfg.set("pre_request", recycler.pre_request)  # for is_wrapping_app=False
     assert cfg.post_fork == recycler.post_fork
 
 
@@ -119,9 +159,9 @@ def test_hooks_pass_gunicorn_setting_validation() -> None:
 
 
 def test_gunicorn_workers_honour_alive_and_uvicorn_worker_does_not() -> None:
-    assert recycle._honours_alive_flag(ASGIWorker.__new__(ASGIWorker))
-    assert not recycle._honours_alive_flag(UvicornWorker.__new__(UvicornWorker))
-    assert not recycle._honours_alive_flag(object())
+    assert _worker._honours_alive_flag(ASGIWorker.__new__(ASGIWorker))
+    assert not _worker._honours_alive_flag(UvicornWorker.__new__(UvicornWorker))
+    assert not _worker._honours_alive_flag(object())
 
 
 def test_exit_of_a_gunicorn_worker_clears_alive(caplog: pytest.LogCaptureFixture) -> None:
@@ -171,11 +211,11 @@ def _no_kill(pid: int, sig: int) -> None:
 # --- RSSRecycler ---------------------------------------------------------------------------
 
 
-def test_post_request_under_the_cap_does_nothing() -> None:
+def test_pre_request_under_the_cap_does_nothing() -> None:
     rss = Rss(100)
     worker = GunicornLikeWorker()
     recycler = _forked(RSSRecycler(256, rss_probe=rss), worker)
-    recycler.post_request(worker, None, None, None)
+    recycler.pre_request(worker, None)
     assert worker.alive is True
     assert recycler.stats()["requests"] == 1
     assert recycler.stats()["checks"] == 1
@@ -407,7 +447,7 @@ class _UvloopLike:
 
 def test_sigterm_goes_at_once_when_no_listener_could_be_unregistered() -> None:
     loop = _UvloopLike()
-    recycle._stop_accepting_then_terminate(loop, [5], _no_kill, 9.0)  # type: ignore[arg-type]  # duck-typed loop
+    _worker._stop_accepting_then_terminate(loop, [5], _no_kill, 9.0)  # type: ignore[arg-type]  # duck-typed loop
     assert loop.delays == [0.0]
 
 
@@ -420,14 +460,14 @@ def test_listener_fds_skip_closed_and_odd_sockets() -> None:
 
     worker = UvicornLikeWorker()
     worker.sockets = [closed, NoFileno()]  # type: ignore[list-item]  # deliberately odd
-    assert recycle._listener_fds(worker) == []
-    assert recycle._listener_fds(object()) == []
+    assert _worker._listener_fds(worker) == []
+    assert _worker._listener_fds(object()) == []
 
 
 def test_a_closed_loop_is_not_used_and_sigterm_goes_at_once() -> None:
     async def note_loop() -> None:
-        recycle._remember_running_loop()
-        recycle._remember_running_loop()  # known already: a no-op
+        _worker._remember_running_loop()
+        _worker._remember_running_loop()  # known already: a no-op
 
     asyncio.run(note_loop())
     worker = UvicornLikeWorker()
@@ -447,11 +487,23 @@ class _App:
     def __init__(self, error: Exception | None = None) -> None:
         self.calls: list[str] = []
         self.error = error
+        self.headers: list[list[tuple[bytes, bytes]]] = []
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         self.calls.append(scope["type"])
         if self.error is not None:
             raise self.error
+        if scope["type"] == "http":
+            await send({"type": "http.response.start", "status": 200, "headers": []})
+            await send({"type": "http.response.body", "body": b"ok"})
+
+
+async def _sink(message: Any) -> None:
+    return None
+
+
+async def _nothing() -> Any:
+    return {}
 
 
 def _wrapped(worker: Any, recycler: RSSRecycler, app: _App) -> Any:
@@ -461,30 +513,40 @@ def _wrapped(worker: Any, recycler: RSSRecycler, app: _App) -> Any:
     return worker.wsgi
 
 
-def test_uvicorn_worker_app_is_wrapped_to_check_after_each_http_request() -> None:
+def test_uvicorn_worker_app_is_wrapped_to_check_before_each_response() -> None:
     app = _App()
     rss = Rss(10)
     recycler = RSSRecycler(64, None, rss_probe=rss)
     wrapped = _wrapped(UvicornLikeWorker(), recycler, app)
-    assert wrapped is not app
+    assert isinstance(wrapped, DrainMiddleware)
 
     async def scenario() -> None:
-        await wrapped({"type": "lifespan"}, None, None)
-        await wrapped({"type": "http"}, None, None)
+        await wrapped({"type": "websocket"}, _nothing, _sink)
+        await wrapped({"type": "http"}, _nothing, _sink)
 
     asyncio.run(scenario())
-    assert app.calls == ["lifespan", "http"]
+    assert app.calls == ["websocket", "http"]
     assert recycler.stats()["requests"] == 1
-    assert rss.reads == 2  # one at boot, one after the request
+    assert rss.reads == 2  # one at boot, one before the response
 
 
-def test_app_errors_propagate_and_are_still_counted() -> None:
+def test_gunicorn_asgi_worker_app_is_wrapped_too() -> None:
+    app = _App()
+    worker = GunicornLikeWorker()
+    worker.asgi = app  # type: ignore[attr-defined]  # gunicorn's asgi worker keeps it here
+    recycler = RSSRecycler(64, None, rss_probe=Rss(10))
+    recycler.post_fork(object(), worker)
+    recycler.post_worker_init(worker)
+    assert isinstance(worker.asgi, DrainMiddleware)  # type: ignore[attr-defined]  # set above
+
+
+def test_app_errors_propagate_and_the_drain_count_is_restored() -> None:
     app = _App(error=KeyError("boom"))
     recycler = RSSRecycler(64, None, rss_probe=Rss(10))
     wrapped = _wrapped(UvicornLikeWorker(), recycler, app)
     with pytest.raises(KeyError, match="boom"):
-        asyncio.run(wrapped({"type": "http"}, None, None))
-    assert recycler.requests == 1
+        asyncio.run(wrapped({"type": "http"}, None, _sink))
+    assert recycler.drain.inflight == 0
 
 
 def test_a_failing_check_does_not_break_the_request(caplog: pytest.LogCaptureFixture) -> None:
@@ -497,13 +559,76 @@ def test_a_failing_check_does_not_break_the_request(caplog: pytest.LogCaptureFix
     recycler = RSSRecycler(64, None, rss_probe=probe)
     wrapped = _wrapped(UvicornLikeWorker(), recycler, app)
     with caplog.at_level(logging.ERROR, logger="memsafe.recycle"):
-        asyncio.run(wrapped({"type": "http"}, None, None))
-    assert "RSS check after the request failed" in caplog.text
+        asyncio.run(wrapped({"type": "http"}, None, _sink))
+    assert "RSS check before the response failed" in caplog.text
 
 
-@pytest.mark.parametrize("is_gunicorn_worker", [True, False])
-def test_app_is_left_alone_for_gunicorn_workers_or_when_asked(is_gunicorn_worker: bool) -> None:
+def test_app_is_left_alone_when_asked() -> None:
     app = _App()
-    worker = GunicornLikeWorker() if is_gunicorn_worker else UvicornLikeWorker()
-    recycler = RSSRecycler(64, None, rss_probe=Rss(10), is_wrapping_app=is_gunicorn_worker)
-    assert _wrapped(worker, recycler, app) is app
+    recycler = RSSRecycler(64, None, rss_probe=Rss(10), is_wrapping_app=False)
+    assert _wrapped(UvicornLikeWorker(), recycler, app) is app
+
+
+def test_over_the_cap_the_response_announces_close_and_the_worker_exits_after() -> None:
+    reasons: list[str] = []
+    rss = Rss(10)
+    recycler = RSSRecycler(64, None, rss_probe=rss, exit_request=reasons.append)
+    wrapped = _wrapped(UvicornLikeWorker(), recycler, _App())
+    sent: list[Any] = []
+
+    async def record(message: Any) -> None:
+        sent.append(message)
+
+    async def scenario() -> None:
+        await wrapped({"type": "http"}, None, record)
+        rss.mb = 100
+        await wrapped({"type": "http"}, None, record)
+        assert reasons == []  # draining: the exit waits for the settle delay
+        await asyncio.sleep(recycler.drain.settle_seconds + 0.05)
+
+    asyncio.run(scenario())
+    starts = [m for m in sent if m["type"] == "http.response.start"]
+    assert (b"connection", b"close") not in starts[0]["headers"]
+    assert (b"connection", b"close") in starts[1]["headers"]
+    assert len(reasons) == 1
+    assert "rss 100.0 MiB" in reasons[0]
+
+
+class _UvicornConfig:
+    limit_max_requests: int | None = 3
+
+
+@pytest.mark.parametrize("is_uvicorn", [False, True])
+def test_max_requests_is_taken_over_and_recycles_through_the_drain(
+    is_uvicorn: bool, caplog: pytest.LogCaptureFixture
+) -> None:
+    import sys
+
+    reasons: list[str] = []
+    worker: Any = UvicornLikeWorker() if is_uvicorn else GunicornLikeWorker()
+    worker.max_requests = 3
+    worker.config = _UvicornConfig()
+    worker.wsgi = _App()
+    recycler = RSSRecycler(None, None, exit_request=reasons.append)
+    recycler.post_fork(object(), worker)
+    recycler.post_worker_init(worker)
+    assert worker.max_requests == sys.maxsize  # the worker's own limit is off
+    assert worker.config.limit_max_requests is None
+
+    async def scenario() -> None:
+        for _ in range(4):
+            await worker.wsgi({"type": "http"}, _nothing, _sink)
+        await asyncio.sleep(recycler.drain.settle_seconds + 0.1)  # the drain's exit
+
+    asyncio.run(scenario())
+    assert reasons == ["max_requests 3 reached"]  # once, at the third request
+    with caplog.at_level(logging.WARNING, logger="memsafe.recycle"):
+        recycler.worker_exit(object(), worker)
+    assert "recycled on max_requests" in caplog.text
+
+
+def test_max_requests_stays_with_the_worker_when_the_app_is_not_wrapped() -> None:
+    worker: Any = GunicornLikeWorker()
+    worker.max_requests = 3
+    RSSRecycler(64, None, is_wrapping_app=False).post_fork(object(), worker)
+    assert worker.max_requests == 3

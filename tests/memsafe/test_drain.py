@@ -5,10 +5,9 @@ from __future__ import annotations
 import asyncio
 import threading
 
-from starlette.types import Message, Receive, Scope, Send
+import pytest
 
-from app.core.draining import DrainMiddleware, WorkerDrain
-from tests.app.conftest import TestClient
+from memsafe.drain import DrainMiddleware, Message, Receive, Scope, Send, WorkerDrain
 
 
 def _drain(exits: list[str]) -> WorkerDrain:
@@ -26,7 +25,7 @@ def test_idle_worker_exits_after_settling() -> None:
 
     async def scenario() -> None:
         drain = _drain(exits)
-        drain.bind_loop(asyncio.get_running_loop())
+        drain.bind_running_loop()
         drain.request_exit("rss")
         assert drain.is_draining
         assert exits == []
@@ -41,7 +40,7 @@ def test_exit_waits_for_requests_started_before_the_drain() -> None:
 
     async def scenario() -> None:
         drain = _drain(exits)
-        drain.bind_loop(asyncio.get_running_loop())
+        drain.bind_running_loop()
         before = drain.request_started()
         drain.request_exit("rss")
         after = drain.request_started()
@@ -63,7 +62,7 @@ def test_exit_is_forced_after_max_drain_seconds() -> None:
 
     async def scenario() -> None:
         drain = WorkerDrain(exits.append, settle_seconds=0.0, max_drain_seconds=0.01)
-        drain.bind_loop(asyncio.get_running_loop())
+        drain.bind_running_loop()
         drain.request_started()  # never finishes
         drain.request_exit("stuck")
         await asyncio.sleep(0.05)
@@ -77,7 +76,7 @@ def test_request_exit_from_another_thread_is_scheduled_on_the_loop() -> None:
 
     async def scenario() -> None:
         drain = _drain(exits)
-        drain.bind_loop(asyncio.get_running_loop())
+        drain.bind_running_loop()
         thread = threading.Thread(target=drain.request_exit, args=("watchdog",))
         thread.start()
         thread.join()
@@ -93,7 +92,7 @@ def test_reset_forgets_the_drain() -> None:
 
     async def scenario() -> None:
         drain = _drain(exits)
-        drain.bind_loop(asyncio.get_running_loop())
+        drain.bind_running_loop()
         drain.request_exit("rss")
         drain.reset()
         await asyncio.sleep(0.01)
@@ -120,7 +119,7 @@ def _run(middleware: DrainMiddleware) -> list[Message]:
         sent.append(message)
 
     async def scenario() -> None:
-        middleware.drain.bind_loop(asyncio.get_running_loop())
+        middleware.drain.bind_running_loop()
         scope: Scope = {"type": "http", "method": "GET", "path": "/", "headers": []}
         await middleware(scope, receive, send)
         await asyncio.sleep(0.01)
@@ -147,7 +146,7 @@ def test_middleware_leaves_headers_alone_normally() -> None:
     assert checks == [1]
 
 
-def test_middleware_passes_lifespan_through() -> None:
+def test_middleware_passes_other_scopes_through() -> None:
     seen: list[str] = []
 
     async def app(scope: Scope, receive: Receive, send: Send) -> None:
@@ -159,9 +158,48 @@ def test_middleware_passes_lifespan_through() -> None:
     async def never_send(message: Message) -> None:
         raise AssertionError
 
-    asyncio.run(DrainMiddleware(app, _drain([]))({"type": "lifespan"}, never_receive, never_send))
-    assert seen == ["lifespan"]
+    middleware = DrainMiddleware(app, _drain([]))
+    asyncio.run(middleware({"type": "websocket"}, never_receive, never_send))
+    assert seen == ["websocket"]
 
 
-def test_app_responses_have_no_connection_header_normally(client: TestClient) -> None:
-    assert "connection" not in client.get("/health").headers
+def test_lifespan_startup_complete_reports_ready_once_and_binds_the_loop() -> None:
+    ready: list[int] = []
+    drain = _drain([])
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        await send({"type": "lifespan.startup.complete"})
+        await send({"type": "lifespan.shutdown.complete"})
+
+    sent: list[Message] = []
+
+    async def record(message: Message) -> None:
+        sent.append(message)
+
+    async def nothing() -> Message:
+        return {}
+
+    middleware = DrainMiddleware(app, drain, on_ready=lambda: ready.append(1))
+
+    async def scenario() -> None:
+        await middleware({"type": "lifespan"}, nothing, record)
+        assert drain._loop is asyncio.get_running_loop()
+
+    asyncio.run(scenario())
+    assert [m["type"] for m in sent] == ["lifespan.startup.complete", "lifespan.shutdown.complete"]
+    assert ready == [1]
+    _run(middleware)  # a request later does not report again
+    assert ready == [1]
+
+
+def test_first_request_reports_ready_without_a_lifespan() -> None:
+    ready: list[int] = []
+    middleware = DrainMiddleware(_ok_app, _drain([]), on_ready=lambda: ready.append(1))
+    _run(middleware)
+    _run(middleware)
+    assert ready == [1]
+
+
+def test_exit_request_must_be_callable() -> None:
+    with pytest.raises(TypeError, match="exit_request must be callable, got 3"):
+        WorkerDrain(3)  # type: ignore[arg-type]  # deliberately wrong
