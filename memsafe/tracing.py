@@ -9,8 +9,6 @@ import tracemalloc
 from collections.abc import Callable
 from typing import TypedDict
 
-from memsafe.errors import MemsafeError
-
 DEFAULT_TOP_N = 15
 DEFAULT_NFRAMES = 1
 MAX_TOP_N = 1000
@@ -18,7 +16,7 @@ MAX_TOP_N = 1000
 _IGNORED_FILES = (tracemalloc.__file__, "<frozen importlib._bootstrap>", "<unknown>", __file__)
 
 
-class TraceBusyError(MemsafeError):
+class TraceBusyError(RuntimeError):
     """A trace window is already open in this process.
 
     Thread safety: an exception value, immutable once raised.
