@@ -16,7 +16,7 @@ from tests.e2e.conftest import ROOT, Server, spawn
 from tests.e2e.test_server import _profile_without_memory_limits
 
 pytestmark = [pytest.mark.slow, pytest.mark.e2e]
-TOKEN = "e2e-trace-token"
+TOKEN = "e2e-trace-token-0001"
 HEADERS = {"Authorization": f"Bearer {TOKEN}"}
 LEAK_LINE = next(
     number
