@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from memsafe.cache import LRUCache
+from memsafe.cache import LRUCache, default_sizeof
 from memsafe.manager import CacheManager, cache_manager
 from tests.conftest import FakeClock
 
@@ -73,7 +73,7 @@ def test_stats_report_each_cache_and_totals() -> None:
     assert stats["caches"]["a"]["hits"] == 1
     totals = stats["totals"]
     assert totals["size"] == 1
-    assert totals["bytes"] == sys.getsizeof("v")
+    assert totals["bytes"] == default_sizeof("v")
     assert (totals["hits"], totals["misses"], totals["hit_rate"]) == (1, 1, 0.5)
     assert totals["max_total_bytes"] == 1_000_000
     assert (totals["evictions"], totals["expirations"]) == (0, 0)
@@ -89,7 +89,7 @@ def test_managed_caches_track_bytes_even_without_a_budget() -> None:
     manager = CacheManager()
     cache = manager.create_cache("a")
     cache.set("k", "value")
-    assert manager.total_bytes() == sys.getsizeof("value")
+    assert manager.total_bytes() == default_sizeof("value")
     assert cache._grow_hook is None  # no budget: no notification cost
 
 
