@@ -35,7 +35,8 @@ def _check_ttl(name: str, ttl_seconds: object) -> float | None:
     if ttl_seconds is None:
         return None
     if not _is_number(ttl_seconds):
-        msg = f"{name} must be a number > 0 or None, got {ttl_seconds!r} ({type(ttl_seconds).__name__})"
+        kind = type(ttl_seconds).__name__
+        msg = f"{name} must be a number > 0 or None, got {ttl_seconds!r} ({kind})"
         raise TypeError(msg)
     if not ttl_seconds > 0:  # type: ignore[operator]  # a number, checked above; also rejects NaN
         msg = f"{name} must be a number > 0 or None, got {ttl_seconds!r}"
@@ -100,5 +101,3 @@ def _check_str(name: str, value: object, *, allow_empty: bool = True) -> str:
 
 def _unhashable(key: object) -> TypeError:
     return TypeError(f"key must be hashable, got {key!r} of type {type(key).__name__}")
-
-

@@ -58,7 +58,7 @@ def _is_shared(obj: object) -> bool:
 
 
 def _is_interned_name(obj: object) -> bool:
-    return type(obj) is str and obj.isidentifier()  # type: ignore[attr-defined]  # a str
+    return isinstance(obj, str) and type(obj) is str and obj.isidentifier()
 
 
 def _children(obj: Any) -> list[Any]:
