@@ -294,8 +294,9 @@ class LRUCache(Generic[K, V]):
         with self._lock:
             count = len(self._data)
             self._data.clear()
-            if self._policy is not None:
-                self._policy.clear()
+            policy = self._sync()  # recorded hits still count in the sketch
+            if policy is not None:
+                policy.clear()
             self._nbytes = 0
         return count
 
