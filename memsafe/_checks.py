@@ -14,20 +14,20 @@ def _is_number(value: object) -> bool:
     return not isinstance(value, bool) and isinstance(value, int | float)
 
 
-def _check_positive_int(name: str, value: object) -> int:
+def _check_positive_int(name: str, value: object, *, or_none: str = "") -> int:
     """Return `value` if it is an int >= 1 (bool is not an int here)."""
     if isinstance(value, bool) or not isinstance(value, int):
-        msg = f"{name} must be an int >= 1, got {value!r} ({type(value).__name__})"
+        msg = f"{name} must be an int >= 1{or_none}, got {value!r} ({type(value).__name__})"
         raise TypeError(msg)
     if value < 1:
-        msg = f"{name} must be an int >= 1, got {value!r}"
+        msg = f"{name} must be an int >= 1{or_none}, got {value!r}"
         raise ValueError(msg)
     return value
 
 
 def _check_optional_positive_int(name: str, value: object) -> int | None:
     """Return `value` if it is None or an int >= 1."""
-    return None if value is None else _check_positive_int(name, value)
+    return None if value is None else _check_positive_int(name, value, or_none=" or None")
 
 
 def _check_ttl(name: str, ttl_seconds: object) -> float | None:
@@ -44,16 +44,21 @@ def _check_ttl(name: str, ttl_seconds: object) -> float | None:
     return float(ttl_seconds)  # type: ignore[arg-type]  # a number, checked above
 
 
-def _check_number(name: str, value: object, *, low: float, high: float, low_open: bool) -> float:
+def _check_number(
+    name: str, value: object, *, low: float, high: float, low_open: bool, prefix: str = ""
+) -> float:
     """Return `value` as a float when it lies in the allowed range, else raise naming it."""
+    if high == math.inf:
+        allowed = f"{prefix}a number {'>' if low_open else '>='} {low:g}"
+    else:
+        allowed = f"{prefix}in {'(' if low_open else '['}{low:g}, {high:g}]"
     if not _is_number(value):
-        msg = f"{name} must be a number, got {value!r} ({type(value).__name__})"
+        msg = f"{name} must be {allowed}, got {value!r} ({type(value).__name__})"
         raise TypeError(msg)
     number = float(value)  # type: ignore[arg-type]  # a number, checked above
     too_low = number <= low if low_open else number < low
     if math.isnan(number) or too_low or number > high:
-        bracket = "(" if low_open else "["
-        msg = f"{name} must be in {bracket}{low:g}, {high:g}], got {value!r}"
+        msg = f"{name} must be {allowed}, got {value!r}"
         raise ValueError(msg)
     return number
 
@@ -64,7 +69,7 @@ def _check_optional_number(
     """None, or `value` checked by `_check_number`."""
     if value is None:
         return None
-    return _check_number(name, value, low=low, high=high, low_open=low_open)
+    return _check_number(name, value, low=low, high=high, low_open=low_open, prefix="None or ")
 
 
 def _check_choice(name: str, value: object, allowed: Sequence[_S]) -> _S:
@@ -91,12 +96,21 @@ def _check_callable(name: str, value: object, *, optional: bool = False) -> Any:
 def _check_str(name: str, value: object, *, allow_empty: bool = True) -> str:
     """Return `value` if it is a str (non-empty unless `allow_empty`)."""
     if not isinstance(value, str):
-        msg = f"{name} must be a str, got {value!r} ({type(value).__name__})"
+        kind = "a str" if allow_empty else "a non-empty str"
+        msg = f"{name} must be {kind}, got {value!r} ({type(value).__name__})"
         raise TypeError(msg)
     if not value and not allow_empty:
         msg = f"{name} must be a non-empty str, got {value!r}"
         raise ValueError(msg)
     return value
+
+
+def _check_lock(name: str, value: Any) -> Any:
+    """Return `value` if it is a context manager (a lock), else raise TypeError."""
+    if hasattr(value, "__enter__") and hasattr(value, "__exit__"):
+        return value
+    msg = f"{name} must be a context manager (threading.RLock) or None, got {value!r}"
+    raise TypeError(msg)
 
 
 def _unhashable(key: object) -> TypeError:

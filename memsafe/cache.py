@@ -14,6 +14,7 @@ from typing import Any, Final, Generic, overload
 from memsafe._checks import (
     _check_callable,
     _check_choice,
+    _check_lock,
     _check_optional_positive_int,
     _check_positive_int,
     _check_str,
@@ -93,9 +94,8 @@ class LRUCache(Generic[K, V]):
         _check_callable("sizeof", sizeof, optional=True)
         _check_callable("on_evict", on_evict, optional=True)
         _check_callable("clock", clock)
-        if lock is not None and not (hasattr(lock, "__enter__") and hasattr(lock, "__exit__")):
-            msg = f"lock must be a context manager (threading.RLock) or None, got {lock!r}"
-            raise TypeError(msg)
+        if lock is not None:
+            _check_lock("lock", lock)
         _check_str("name", name)
         self._policy_name = _check_choice("policy", policy, POLICIES)
         self._policy: SegmentedPolicy | None = make_policy(policy, self._max_size)

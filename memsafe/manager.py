@@ -6,6 +6,7 @@ import logging
 import threading
 from typing import Any, TypedDict
 
+from memsafe._checks import _check_optional_positive_int, _check_str
 from memsafe.cache import CacheStats, LRUCache
 
 logger = logging.getLogger(__name__)
@@ -32,16 +33,7 @@ class ManagerStats(TypedDict):
 
 
 def _check_budget(max_total_bytes: int | None) -> int | None:
-    if max_total_bytes is None:
-        return None
-    if (
-        isinstance(max_total_bytes, bool)
-        or not isinstance(max_total_bytes, int)
-        or max_total_bytes < 1
-    ):
-        msg = f"max_total_bytes must be an int >= 1 or None, got {max_total_bytes!r}"
-        raise ValueError(msg)
-    return max_total_bytes
+    return _check_optional_positive_int("max_total_bytes", max_total_bytes)
 
 
 class CacheManager:
@@ -83,9 +75,7 @@ class CacheManager:
         Raises:
             ValueError: `name` exists with different settings, or a setting is invalid.
         """
-        if not isinstance(name, str) or not name:
-            msg = f"name must be a non-empty str, got {name!r}"
-            raise ValueError(msg)
+        _check_str("name", name, allow_empty=False)
         settings = (max_size, ttl_seconds, max_bytes, sorted(kwargs.items()))
         with self._lock:
             existing = self._caches.get(name)

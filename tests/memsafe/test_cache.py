@@ -280,7 +280,12 @@ def test_get_or_set_rejects_a_non_callable_factory() -> None:
         ({"max_size": 1, "policy": 1}, TypeError, "policy must be one of"),
         ({"max_size": 1, "name": 1}, TypeError, "name must be a str, got 1"),
         ({"max_size": 1, "lock": 1}, TypeError, "lock must be a context manager"),
-        ({"max_size": 1, "max_bytes": 0}, ValueError, "max_bytes must be an int >= 1, got 0"),
+        (
+            {"max_size": 1, "max_bytes": 0},
+            ValueError,
+            "max_bytes must be an int >= 1 or None, got 0",
+        ),
+        ({"max_size": 1, "max_bytes": "8"}, TypeError, "max_bytes must be an int >= 1 or None"),
         ({"max_size": 1, "sizeof": 3}, TypeError, "sizeof must be callable or None, got 3"),
         ({"max_size": 1, "on_evict": "x"}, TypeError, "on_evict must be callable or None"),
         ({"max_size": 1, "clock": 1.0}, TypeError, "clock must be callable, got 1.0"),
@@ -437,7 +442,9 @@ def test_properties_report_the_settings() -> None:
         100,
         0,
     )
-    assert repr(cache) == ("LRUCache(name='n', size=0, max_size=3, ttl_seconds=5.0, max_bytes=100, policy='lru')")
+    assert repr(cache) == (
+        "LRUCache(name='n', size=0, max_size=3, ttl_seconds=5.0, max_bytes=100, policy='lru')"
+    )
 
 
 def test_hits_take_no_lock_and_writes_take_it_once() -> None:

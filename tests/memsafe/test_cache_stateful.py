@@ -117,7 +117,7 @@ class PolicyModel:
         for segment in self.segments():
             segment.clear()
 
-    def keys(self) -> list[int]:
+    def stored(self) -> list[int]:
         return [k for segment in self.segments() for k in segment]
 
 
@@ -253,7 +253,7 @@ class LRUCacheMachine(RuleBasedStateMachine):
     @rule()
     def expire(self) -> None:
         swept = self._cache.expire()
-        expired = [k for k in self.model.keys() if self._expired(self.entries[k])]
+        expired = [k for k in self.model.stored() if self._expired(self.entries[k])]
         for key in expired:
             self._remove(key)
         self.expirations += len(expired)
@@ -290,7 +290,7 @@ class LRUCacheMachine(RuleBasedStateMachine):
             if policy.sketch is not None:
                 assert self.model.sketch is not None
                 assert policy.sketch._table == self.model.sketch._table
-        assert sorted(self.cache._data) == sorted(self.model.keys())
+        assert sorted(self.cache._data) == sorted(self.model.stored())
         assert {k: e[0] for k, e in self.cache._data.items()} == {
             k: e.value for k, e in self.entries.items()
         }
