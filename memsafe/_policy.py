@@ -29,7 +29,7 @@ WINDOW_FRACTION: Final = 0.01
 SKETCH_MAX_WIDTH_BITS: Final = 20
 """The sketch has at most 2^20 counters per row (4 MiB in all), however large the cache."""
 
-SAMPLE_FACTOR: Final = 10
+SAMPLE_FACTOR: Final = 20
 """The sketch halves every counter after `SAMPLE_FACTOR x capacity` increments (aging)."""
 
 _COUNTER_MAX: Final = 15
@@ -43,7 +43,7 @@ class FrequencySketch:
 
     An estimate never undercounts the increments since the last halving (a collision can only
     overcount). Memory is fixed at construction: 4 x width bytes, width the power of two at or
-    above the capacity, capped at 2^`SKETCH_MAX_WIDTH_BITS`. After `SAMPLE_FACTOR x capacity`
+    above the capacity (at least 256), capped at 2^`SKETCH_MAX_WIDTH_BITS`. After `SAMPLE_FACTOR x capacity`
     increments every counter is halved, so old popularity fades.
 
     Thread safety: none of its own; the owning cache calls it under its lock.
@@ -52,7 +52,8 @@ class FrequencySketch:
     __slots__ = ("_additions", "_bits", "_mask", "_sample_size", "_table")
 
     def __init__(self, capacity: int) -> None:
-        self._bits = min(max(4, (capacity - 1).bit_length()), SKETCH_MAX_WIDTH_BITS)
+        # At least 256 counters a row: a small cache still sees many more keys than it holds.
+        self._bits = min(max(8, (capacity - 1).bit_length()), SKETCH_MAX_WIDTH_BITS)
         self._mask = (1 << self._bits) - 1
         self._table = bytearray(4 << self._bits)
         self._sample_size = SAMPLE_FACTOR * max(capacity, 1)

@@ -24,6 +24,17 @@ def test_create_cache_returns_the_same_cache_for_the_same_settings() -> None:
     assert manager.names() == ["users"]
 
 
+def test_create_cache_passes_the_policy_through() -> None:
+    manager = CacheManager()
+    cache = manager.create_cache("users", max_size=10, policy="tinylfu")
+    assert cache.policy == "tinylfu"
+    assert manager.create_cache("users", max_size=10, policy="tinylfu") is cache
+    with pytest.raises(ValueError, match="exists with settings"):
+        manager.create_cache("users", max_size=10, policy="slru")
+    with pytest.raises(ValueError, match="policy must be one of"):
+        manager.create_cache("other", policy="lfu")
+
+
 def test_create_cache_with_different_settings_raises() -> None:
     manager = CacheManager()
     manager.create_cache("users", max_size=10)
