@@ -43,8 +43,8 @@ class FrequencySketch:
 
     An estimate never undercounts the increments since the last halving (a collision can only
     overcount). Memory is fixed at construction: 4 x width bytes, width the power of two at or
-    above the capacity (at least 256), capped at 2^`SKETCH_MAX_WIDTH_BITS`. After `SAMPLE_FACTOR x capacity`
-    increments every counter is halved, so old popularity fades.
+    above the capacity (at least 256), capped at 2^`SKETCH_MAX_WIDTH_BITS`. After
+    `SAMPLE_FACTOR x capacity` increments every counter is halved, so old popularity fades.
 
     Thread safety: none of its own; the owning cache calls it under its lock.
     """

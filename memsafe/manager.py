@@ -42,10 +42,10 @@ class CacheManager:
     Every managed cache tracks its bytes (`sizeof`, default `memsafe.cache.default_sizeof`, a
     deep bounded estimate). The budget rule: when a `set` makes a managed cache's bytes grow and
     the sum of bytes over all managed caches is then above `max_total_bytes`, the manager evicts
-    entries, in each cache's eviction order, from the largest cache (by bytes), then the next largest, until the sum is at or
-    under the budget. A cache notifies the manager only when its bytes grow and only while a
-    budget is set, so caches cost nothing extra when there is no budget. Setting or lowering a
-    budget enforces it at once.
+    entries, in each cache's eviction order, from the largest cache (by bytes), then the next
+    largest, until the sum is at or under the budget. A cache notifies the manager only when
+    its bytes grow and only while a budget is set, so caches cost nothing extra when there is
+    no budget. Setting or lowering a budget enforces it at once.
 
     Thread safety: one lock guards the registry and budget enforcement; the manager takes a
     cache's lock only through that cache's methods, never while the cache holds it.
