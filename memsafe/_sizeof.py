@@ -15,7 +15,7 @@ shares them with every other row). An identifier-like key that is not in fact sh
 
 The cost is bounded: at most `max_depth` levels and `max_items` objects are visited per value;
 what lies beyond is estimated as the average size of what was counted. The cache adds
-`ENTRY_OVERHEAD_BYTES` per entry for its own structures (measured, see
+`ENTRY_OVERHEAD_BYTES` per entry for its own structures and the key (measured, see
 benchmarks/bench_sizeof.py).
 """
 
@@ -33,57 +33,54 @@ DEFAULT_MAX_DEPTH: Final = 8
 DEFAULT_MAX_ITEMS: Final = 2000
 """Objects visited per value; the rest is extrapolated from the average of those counted."""
 
-ENTRY_OVERHEAD_BYTES: Final = 112
-"""Per-entry bytes of the cache itself (ordered-dict slot and node, the entry tuple, the expiry
-float), measured on CPython 3.11 x86-64 as RSS growth per entry with a shared value."""
+ENTRY_OVERHEAD_BYTES: Final = 250
+"""Per-entry bytes of a byte-tracked cache itself: the ordered dict's slot, index and node, the
+(value, expires_at, size) tuple, the expiry float and the size int, and an int key. Measured on
+CPython 3.11 x86-64 as RSS growth per entry with a shared value (254 B over 50,000 entries,
+TTL set; about 24 B less without a TTL). See benchmarks/bench_sizeof.py."""
 
 _getsizeof = sys.getsizeof
-_SINGLETONS: Final = (None, True, False, Ellipsis, NotImplemented)
+_LEAVES: Final = frozenset({str, bytes, int, float, bool, complex, type(None), bytearray, range})
 _SEQUENCES: Final = (list, tuple, set, frozenset, deque)
 _OPAQUE: Final = (type, ModuleType, FunctionType, BuiltinFunctionType)
 
 
-def _is_shared(obj: object) -> bool:
-    # Objects CPython shares between all their users: charging them to one entry overcounts.
-    kind = type(obj)
+def _leaf_size(obj: Any, kind: type) -> int:
+    # Bytes of a leaf (no references followed); 0 for the objects CPython shares.
     if kind is int:
-        return -5 <= obj <= 256  # type: ignore[operator]  # an int
-    if kind is str:
-        return len(obj) <= 1  # type: ignore[arg-type]  # a str
-    if kind in (bytes, tuple, frozenset):
-        return len(obj) == 0  # type: ignore[arg-type]  # sized
-    if kind is float:
-        return False
-    return any(obj is singleton for singleton in _SINGLETONS) or isinstance(obj, _OPAQUE)
+        return 0 if -5 <= obj <= 256 else _getsizeof(obj)
+    if kind is str or kind is bytes:
+        return 0 if len(obj) <= (1 if kind is str else 0) else _getsizeof(obj)
+    if kind is bool or obj is None:
+        return 0
+    return _getsizeof(obj)
 
 
 def _is_interned_name(obj: object) -> bool:
     return isinstance(obj, str) and type(obj) is str and obj.isidentifier()
 
 
-def _children(obj: Any) -> list[Any]:
+def _children(obj: Any, kind: type) -> list[Any]:
     """The objects `obj` refers to that the estimate follows (dict keys that are names: not)."""
-    kind = type(obj)
-    if kind is dict:
-        out = [v for v in obj.values()]
+    if kind is dict or isinstance(obj, dict):
+        out = list(obj.values())
         out.extend(k for k in obj if not _is_interned_name(k))
         return out
     if isinstance(obj, _SEQUENCES):
         return list(obj)
-    if isinstance(obj, dict):
-        return [*obj.values(), *(k for k in obj if not _is_interned_name(k))]
-    if isinstance(obj, str | bytes | bytearray | int | float | complex | range | memoryview):
+    if isinstance(obj, _OPAQUE):
         return []
-    out = []
-    fields = getattr(kind, "__pydantic_fields__", None)
-    if fields is not None:  # a pydantic v2 model: its state lives in these four attributes
-        for name in ("__dict__", "__pydantic_fields_set__", "__pydantic_extra__"):
-            out.append(getattr(obj, name, None))
-        out.append(getattr(obj, "__pydantic_private__", None))
-        return out
+    if getattr(kind, "__pydantic_fields__", None) is not None:
+        # A pydantic v2 model (found by duck typing): its state lives in these attributes
+        # (its fields-set holds interned field names: counted by `_container_size`, shallow).
+        return [
+            getattr(obj, name, None)
+            for name in ("__dict__", "__pydantic_extra__", "__pydantic_private__")
+        ]
     if dataclasses.is_dataclass(obj):
         # Attribute reads, not `__dict__`: on 3.11 reading `__dict__` would materialise a dict.
         return [getattr(obj, f.name, None) for f in dataclasses.fields(obj)]
+    out = []
     for klass in kind.__mro__:
         for slot in getattr(klass, "__slots__", ()):
             if slot not in ("__dict__", "__weakref__"):
@@ -94,21 +91,30 @@ def _children(obj: Any) -> list[Any]:
     return out
 
 
-def _instance_extra(obj: object) -> int:
+def _container_size(obj: Any, kind: type) -> int:
+    if isinstance(obj, _OPAQUE) or obj is Ellipsis or obj is NotImplemented:
+        return 0
+    if kind in (tuple, frozenset) and not obj:
+        return 0  # the shared empty tuple / frozenset
+    size = _getsizeof(obj)
+    if getattr(kind, "__pydantic_fields__", None) is not None:
+        size += _getsizeof(getattr(obj, "__pydantic_fields_set__", None))
     # A dataclass without slots keeps its attribute values inline (3.11's managed dict), which
     # getsizeof does not report: one pointer per field plus the values array header.
-    if dataclasses.is_dataclass(obj) and not hasattr(type(obj), "__slots__"):
-        return 8 * len(dataclasses.fields(obj)) + 32
-    return 0
+    if dataclasses.is_dataclass(obj) and not hasattr(kind, "__slots__"):
+        size += 8 * len(dataclasses.fields(obj)) + 32
+    return size
 
 
 def estimate_bytes(
     value: object, max_depth: int = DEFAULT_MAX_DEPTH, max_items: int = DEFAULT_MAX_ITEMS
 ) -> int:
     """Estimated bytes `value` holds alone, following what it refers to (see the module doc)."""
-    if _is_shared(value):
-        return 0
-    total = _getsizeof(value) + _instance_extra(value)
+    kind = type(value)
+    if kind in _LEAVES:
+        return _leaf_size(value, kind)
+    total = _container_size(value, kind)
+    root = total
     seen = {id(value)}
     level = [value]
     visited = 1
@@ -117,16 +123,22 @@ def estimate_bytes(
         depth += 1
         following = []
         for parent in level:
-            children = _children(parent)
+            children = _children(parent, type(parent))
             for index, child in enumerate(children):
-                if id(child) in seen or _is_shared(child):
+                if id(child) in seen:
                     continue
                 if visited >= max_items:
-                    # Out of budget: the parent's remaining children are taken as average.
-                    return total + (total // visited) * (len(children) - index)
+                    # Out of budget: the parent's remaining children are taken as average
+                    # (the average of what was counted below the value itself).
+                    average = (total - root) // max(visited - 1, 1)
+                    return total + average * (len(children) - index)
                 seen.add(id(child))
                 visited += 1
-                total += _getsizeof(child) + _instance_extra(child)
-                following.append(child)
+                child_kind = type(child)
+                if child_kind in _LEAVES:
+                    total += _leaf_size(child, child_kind)
+                else:
+                    total += _container_size(child, child_kind)
+                    following.append(child)
         level = following
     return total
