@@ -34,6 +34,7 @@ SAMPLE_FACTOR: Final = 20
 
 _COUNTER_MAX: Final = 15
 _MIX: Final = 0x9E3779B97F4A7C15  # an odd 64-bit constant (golden ratio) to spread int hashes
+_MIX2: Final = 0xBF58476D1CE4E5B9  # a second odd constant (splitmix64's) for rows 3 and 4
 _MASK64: Final = (1 << 64) - 1
 _HALVE: Final = bytes(i >> 1 for i in range(256))  # bytes.translate table: halves every counter
 
@@ -59,34 +60,46 @@ class FrequencySketch:
         self._sample_size = SAMPLE_FACTOR * max(capacity, 1)
         self._additions = 0
 
-    def _indexes(self, key: Hashable) -> tuple[int, int, int, int]:
-        h = (hash(key) * _MIX) & _MASK64
-        mask, bits = self._mask, self._bits
-        width = mask + 1
-        low = h ^ (h >> 29)
-        high = (h >> 32) ^ (h * 0xBF58476D1CE4E5B9 & _MASK64) >> 31
-        return (
-            low & mask,
-            width + ((low >> bits) & mask),
-            2 * width + (high & mask),
-            3 * width + ((high >> bits) & mask),
-        )
+    # The four counter indexes come from one 64-bit mix of hash(key), written out inline in
+    # increment and frequency: a helper returning a tuple cost about 40% more per call.
 
     def increment(self, key: Hashable) -> None:
         """Count one access of `key`; halve every counter once the sample is full."""
-        table = self._table
-        for i in self._indexes(key):
-            if table[i] < _COUNTER_MAX:
-                table[i] += 1
+        h = (hash(key) * _MIX) & _MASK64
+        mask, bits, table = self._mask, self._bits, self._table
+        low = h ^ (h >> 29)
+        high = (h >> 32) ^ (h * _MIX2 & _MASK64) >> 31
+        width = mask + 1
+        i = low & mask
+        if table[i] < _COUNTER_MAX:
+            table[i] += 1
+        i = width + ((low >> bits) & mask)
+        if table[i] < _COUNTER_MAX:
+            table[i] += 1
+        i = 2 * width + (high & mask)
+        if table[i] < _COUNTER_MAX:
+            table[i] += 1
+        i = 3 * width + ((high >> bits) & mask)
+        if table[i] < _COUNTER_MAX:
+            table[i] += 1
         self._additions += 1
         if self._additions >= self._sample_size:
-            self._table = bytearray(self._table.translate(_HALVE))
+            self._table = bytearray(table.translate(_HALVE))
             self._additions //= 2
 
     def frequency(self, key: Hashable) -> int:
         """Estimated accesses of `key` since the last halvings (0-15)."""
-        table = self._table
-        return min(table[i] for i in self._indexes(key))
+        h = (hash(key) * _MIX) & _MASK64
+        mask, bits, table = self._mask, self._bits, self._table
+        low = h ^ (h >> 29)
+        high = (h >> 32) ^ (h * _MIX2 & _MASK64) >> 31
+        width = mask + 1
+        return min(
+            table[low & mask],
+            table[width + ((low >> bits) & mask)],
+            table[2 * width + (high & mask)],
+            table[3 * width + ((high >> bits) & mask)],
+        )
 
     def clear(self) -> None:
         """Forget every count."""
