@@ -216,16 +216,19 @@ class LRUCache(Generic[K, V]):
     ) -> None:
         # The one general write path: byte-tracked entries, and every policy but plain LRU.
         size = 0 if sizeof is None else sizeof(value)  # user code: outside the lock
+        now = self._clock()
         if ttl is None:
             expires_at = NEVER
         else:
-            expires_at = self._clock() + ttl
+            expires_at = now + ttl
             self._ttl_used = True
         max_bytes = self._max_bytes
         dropped: list[tuple[K, Any]] = []
         with self._lock:
             data = self._data
-            policy = self._sync()
+            policy = self._policy
+            if policy is not None and policy._buffer:
+                policy.drain()
             before = self._nbytes
             try:
                 old = data.get(key)
@@ -251,10 +254,14 @@ class LRUCache(Generic[K, V]):
                     (old is None and len(data) >= self._max_size)
                     or (max_bytes is not None and self._nbytes - old_size + size > max_bytes)
                 ):
-                    old_key, evicted = self._pop_victim(key)
+                    if policy is None:
+                        old_key, evicted = data.popitem(last=False)
+                    else:
+                        old_key = policy.victim(key)  # type: ignore[assignment]  # a stored K
+                        evicted = data.pop(old_key)
                     if len(evicted) == 3:
                         self._nbytes -= evicted[2]
-                    if evicted[1] is not NEVER and evicted[1] <= self._clock():
+                    if evicted[1] is not NEVER and evicted[1] <= now:
                         self._expirations += 1
                     else:
                         self._evictions += 1
