@@ -44,7 +44,7 @@ class FrequencySketch:
 
     An estimate never undercounts the increments since the last halving (a collision can only
     overcount). Memory is fixed at construction: 4 x width bytes, width the power of two at or
-    above the capacity (at least 256), capped at 2^`SKETCH_MAX_WIDTH_BITS`. After
+    above the capacity (at least 1,024), capped at 2^`SKETCH_MAX_WIDTH_BITS`. After
     `SAMPLE_FACTOR x capacity` increments every counter is halved, so old popularity fades.
 
     Thread safety: none of its own; the owning cache calls it under its lock.
@@ -53,8 +53,8 @@ class FrequencySketch:
     __slots__ = ("_additions", "_bits", "_mask", "_sample_size", "_table")
 
     def __init__(self, capacity: int) -> None:
-        # At least 256 counters a row: a small cache still sees many more keys than it holds.
-        self._bits = min(max(8, (capacity - 1).bit_length()), SKETCH_MAX_WIDTH_BITS)
+        # At least 1,024 counters a row: a small cache still sees many more keys than it holds.
+        self._bits = min(max(10, (capacity - 1).bit_length()), SKETCH_MAX_WIDTH_BITS)
         self._mask = (1 << self._bits) - 1
         self._table = bytearray(4 << self._bits)
         self._sample_size = SAMPLE_FACTOR * max(capacity, 1)

@@ -146,7 +146,7 @@ def test_sketch_halves_its_counters_after_a_sample_of_increments() -> None:
 
 
 def test_sketch_memory_is_bounded_however_large_the_cache() -> None:
-    assert FrequencySketch(10).nbytes == 4 * 256
+    assert FrequencySketch(10).nbytes == 4 * 1024
     assert FrequencySketch(5000).nbytes == 4 * 8192
     assert FrequencySketch(10**9).nbytes == 4 << SKETCH_MAX_WIDTH_BITS
 
