@@ -11,7 +11,7 @@ PORT ?= 8000
 IMAGE ?= render-memsafe-template
 
 .PHONY: help install run dev test test-fast lint fmt typecheck check bench bench-http \
-        bench-middleware loadtest emulate docker-build docker-run lock clean
+        bench-middleware bench-sizeof loadtest emulate docker-build docker-run lock clean
 
 help: ## Show this help
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | \
@@ -51,7 +51,7 @@ typecheck: $(STAMP) ## mypy --strict on memsafe, app and tests
 
 check: lint typecheck test ## Lint, typecheck and test (what CI runs)
 
-bench: $(STAMP) ## memsafe.LRUCache against cachetools, an OrderedDict LRU and functools.lru_cache
+bench: $(STAMP) ## memsafe.LRUCache speed and policy hit ratios against cachetools, theine, OrderedDict, lru_cache
 	$(BIN)/python -m benchmarks.bench_cache
 
 # The load test defaults to the starter profile unless PROFILE is given explicitly.
@@ -79,6 +79,9 @@ bench-http: $(STAMP) ## req/s and p50/p99 of /users/{id} cache hits against a ba
 
 bench-middleware: $(STAMP) ## Per-request cost of MemoryMonitorMiddleware against BaseHTTPMiddleware
 	$(BIN)/python -m benchmarks.bench_middleware
+
+bench-sizeof: $(STAMP) ## memsafe's default byte estimate against RSS growth per cached entry
+	$(BIN)/python -m benchmarks.bench_sizeof
 
 lock: ## Re-pin requirements/*.lock from pyproject.toml (needs uv: pip install uv)
 	uv pip compile pyproject.toml --python-version 3.11 --generate-hashes -o requirements/base.lock
