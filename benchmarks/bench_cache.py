@@ -395,30 +395,52 @@ def main(argv: list[str] | None = None) -> None:
 
 # -- hit ratios on the recorded trace (a table of its own, then its own target lines) ---------
 
-HIT_RATIO_CACHES: dict[
-    str, Callable[[int], tuple[Callable[[Any], Any], Callable[[Any, Any], None]]]
-]
-HIT_RATIO_CACHES = {
-    **{
-        f"memsafe {policy}": lambda n, policy=policy: _get_set(LRUCache(n, policy=policy))
-        for policy in MEMSAFE_POLICIES
-    },
+_GetSet = tuple[Callable[[Any], Any], Callable[[Any, Any], None]]
+
+
+def _memsafe_get_set(policy: str) -> Callable[[int], _GetSet]:
+    def build(n: int) -> _GetSet:
+        return _get_set(LRUCache(n, policy=policy))
+
+    return build
+
+
+HIT_RATIO_CACHES: dict[str, Callable[[int], _GetSet]] = {
+    **{f"memsafe {policy}": _memsafe_get_set(policy) for policy in MEMSAFE_POLICIES},
     "cachetools.LRUCache": lambda n: _get_set(_CachetoolsLocked(cachetools.LRUCache(n))),
     "theine (W-TinyLFU)": lambda n: _get_set(_Theine(n)),
 }
 
 
-def _get_set(cache: Any) -> tuple[Callable[[Any], Any], Callable[[Any, Any], None]]:
+def _get_set(cache: Any) -> _GetSet:
     return cache.get, cache.set
 
 
+THEINE_REPLAYS = 3  # theine's maintenance runs on its own schedule: its ratio varies by run
+
+
 def _hit_ratio_table() -> dict[str, tuple[float, float, float]]:
-    """Replay the recorded trace through every cache; print and return the hit ratios."""
+    """Replay the recorded trace through every cache; print and return the hit ratios.
+
+    memsafe and cachetools replay deterministically; theine's ratio moves by a few tenths of a
+    point from run to run, so it replays `THEINE_REPLAYS` times and the median run counts.
+    """
     trace = record_trace()
     table = {}
+    spread = ""
     for name, build in HIT_RATIO_CACHES.items():
-        get, set_ = build(TRACE_CACHE_SIZE)
-        table[name] = tuple(hit_ratios(trace, get, set_))
+        replays = THEINE_REPLAYS if name.startswith("theine") else 1
+        runs = []
+        for _ in range(replays):
+            get, set_ = build(TRACE_CACHE_SIZE)
+            runs.append(tuple(hit_ratios(trace, get, set_)))
+        runs.sort()
+        table[name] = runs[len(runs) // 2]
+        if replays > 1:
+            spread = (
+                f"{name}: median of {replays} replays, total {100 * runs[0][0]:.2f}-"
+                f"{100 * runs[-1][0]:.2f} %"
+            )
     print()
     print(
         f"hit ratio on one recorded trace: {len(trace)} requests, hot Zipf(1.2) : cold scan = "
@@ -429,6 +451,7 @@ def _hit_ratio_table() -> dict[str, tuple[float, float, float]]:
     print("-" * len(header))
     for name, (total, hot, scan) in table.items():
         print(f"{name:<30}{100 * total:>9.2f}{100 * hot:>8.2f}{100 * scan:>8.2f}")
+    print(spread)
     return table  # type: ignore[return-value]  # tuple() of a 3-field NamedTuple
 
 
@@ -437,7 +460,7 @@ def _print_hit_ratio_checks(table: dict[str, tuple[float, float, float]]) -> Non
     lru_total = table["cachetools.LRUCache"][0]
     checks = [
         (
-            "tinylfu hit ratio >= theine's",
+            "tinylfu hit % >= theine's median",
             100 * table["memsafe tinylfu"][0],
             table["memsafe tinylfu"][0] >= theine_total,
         ),
