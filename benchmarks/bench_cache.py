@@ -465,7 +465,7 @@ def _print_hit_ratio_checks(table: dict[str, tuple[float, float, float]]) -> Non
             table["memsafe tinylfu"][0] >= theine_total,
         ),
         (
-            "slru hit ratio > LRU's",
+            "slru hit % > LRU's",
             100 * table["memsafe slru"][0],
             table["memsafe slru"][0] > lru_total,
         ),
