@@ -177,7 +177,8 @@ class SegmentedPolicy:
         """Replay the hits recorded since the last drain, oldest first."""
         buffer = self._buffer
         touch = self.touch
-        while buffer:
+        # At most what is there now: readers appending meanwhile must not keep the lock held.
+        for _ in range(len(buffer)):
             touch(buffer.popleft())
 
     def touch(self, key: Hashable) -> None:

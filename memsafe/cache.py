@@ -152,6 +152,7 @@ class LRUCache(Generic[K, V]):
         with self._lock:
             data = self._data
             if data.get(key) is entry:  # still the entry we saw expire
+                self._sync()  # replay earlier hits first: they may reorder other keys
                 del data[key]
                 self._forget(key)
                 if len(entry) == 3:

@@ -68,6 +68,22 @@ def test_hits_are_lock_free_and_replayed_on_the_next_write() -> None:
     assert list(policy.probation) == ["b"]
 
 
+def test_a_hit_recorded_before_its_key_expires_still_reorders_the_other_keys() -> None:
+    # slru of 2: protected holds 1. Hits on a then b promote both; b's promotion demotes a.
+    now = [0.0]
+    cache: LRUCache[str, int] = LRUCache(2, clock=lambda: now[0], policy="slru")
+    cache.set("a", 1)
+    cache.set("b", 2, ttl_seconds=1)
+    assert cache.get("a") == 1
+    assert cache.get("b") == 2
+    now[0] = 5.0
+    assert cache.get("b") is None  # expired: dropped after the recorded hits are replayed
+    policy = cache._policy
+    assert policy is not None
+    cache._sync()  # what the next write does first
+    assert (list(policy.probation), list(policy.protected)) == (["a"], [])
+
+
 def test_the_read_buffer_is_bounded_and_drops_the_oldest_hits() -> None:
     cache: LRUCache[int, int] = LRUCache(4, policy="tinylfu")
     cache.set(1, 1)
