@@ -64,7 +64,9 @@ def _children(obj: Any, kind: type) -> list[Any]:
     """The objects `obj` refers to that the estimate follows (dict keys that are names: not)."""
     if kind is dict or isinstance(obj, dict):
         out = list(obj.values())
-        out.extend(k for k in obj if not _is_interned_name(k))
+        for key in obj:
+            if type(key) is not str or not key.isidentifier():
+                out.append(key)
         return out
     if isinstance(obj, _SEQUENCES):
         return list(obj)
@@ -92,6 +94,8 @@ def _children(obj: Any, kind: type) -> list[Any]:
 
 
 def _container_size(obj: Any, kind: type) -> int:
+    if kind is dict or kind is list or kind is set:
+        return _getsizeof(obj)  # the common containers, without the checks below
     if isinstance(obj, _OPAQUE) or obj is Ellipsis or obj is NotImplemented:
         return 0
     if kind in (tuple, frozenset) and not obj:
@@ -125,17 +129,21 @@ def estimate_bytes(
         for parent in level:
             children = _children(parent, type(parent))
             for index, child in enumerate(children):
-                if id(child) in seen:
+                child_id = id(child)
+                if child_id in seen:
                     continue
                 if visited >= max_items:
                     # Out of budget: the parent's remaining children are taken as average
                     # (the average of what was counted below the value itself).
                     average = (total - root) // max(visited - 1, 1)
                     return total + average * (len(children) - index)
-                seen.add(id(child))
+                seen.add(child_id)
                 visited += 1
                 child_kind = type(child)
-                if child_kind in _LEAVES:
+                if child_kind is str:  # the most common leaf, inline
+                    if len(child) > 1:
+                        total += _getsizeof(child)
+                elif child_kind in _LEAVES:
                     total += _leaf_size(child, child_kind)
                 else:
                     total += _container_size(child, child_kind)
