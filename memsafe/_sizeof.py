@@ -56,10 +56,6 @@ def _leaf_size(obj: Any, kind: type) -> int:
     return _getsizeof(obj)
 
 
-def _is_interned_name(obj: object) -> bool:
-    return isinstance(obj, str) and type(obj) is str and obj.isidentifier()
-
-
 def _children(obj: Any, kind: type) -> list[Any]:
     """The objects `obj` refers to that the estimate follows (dict keys that are names: not)."""
     if kind is dict or isinstance(obj, dict):
