@@ -14,8 +14,8 @@ HOST := 127.0.0.1
 IMAGE ?= render-memsafe-template
 
 .PHONY: help install run dev test test-fast lint fmt typecheck check bench bench-http \
-        bench-middleware bench-recycle loadtest emulate leak-report browser docker-build \
-        docker-run lock clean chaos
+        bench-middleware bench-recycle bench-sizeof loadtest emulate leak-report browser \
+        docker-build docker-run lock clean chaos
 
 help: ## Show this help
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | \
@@ -69,7 +69,7 @@ typecheck: $(STAMP) ## mypy --strict on memsafe, app and tests
 
 check: lint typecheck test ## Lint, typecheck and test (what CI runs)
 
-bench: $(STAMP) ## memsafe.LRUCache against cachetools, an OrderedDict LRU and functools.lru_cache
+bench: $(STAMP) ## memsafe.LRUCache speed and policy hit ratios against cachetools, theine, OrderedDict, lru_cache
 	$(BIN)/python -m benchmarks.bench_cache
 
 # The load test defaults to the starter profile unless PROFILE is given explicitly.
@@ -117,6 +117,9 @@ bench-recycle: $(STAMP) ## Failed requests and latency across RSS recycles, neve
 
 bench-middleware: $(STAMP) ## Per-request cost of MemoryMonitorMiddleware against BaseHTTPMiddleware
 	$(BIN)/python -m benchmarks.bench_middleware
+
+bench-sizeof: $(STAMP) ## memsafe's default byte estimate against RSS growth per cached entry
+	$(BIN)/python -m benchmarks.bench_sizeof
 
 lock: ## Re-pin requirements/*.lock from pyproject.toml (needs uv: pip install uv)
 	uv pip compile pyproject.toml --python-version 3.11 --generate-hashes -o requirements/base.lock

@@ -89,6 +89,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         max_size=cache_settings.max_size,
         ttl_seconds=cache_settings.ttl_seconds,
         max_bytes=cache_settings.max_bytes,
+        policy=cache_settings.policy,
     )
     store = UserStore(store_settings.path)
     # recycle_worker: through gunicorn.conf.py's RSSRecycler (drain, then a fresh worker);

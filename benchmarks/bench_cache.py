@@ -2,6 +2,11 @@
 
 Run: `.venv/bin/python -m benchmarks.bench_cache [--quick] [--rounds N]`.
 
+Two parts. Speed: get-hit, set and mixed costs of every cache (memsafe's three policies, and
+the lru policy with the default byte estimator on) against cachetools.TTLCache + Lock. Hit
+ratio: every policy replays one recorded Zipf-plus-scan trace shaped like the app's load
+(benchmarks/trace.py), against cachetools' LRU and theine's W-TinyLFU.
+
 The machine is shared and its speed drifts, so every round times every cache once, in a
 shuffled order, one after the other; each figure is the median over rounds, and each ratio is
 the median of per-round ratios to cachetools.TTLCache + Lock (the anchor) measured in the same
@@ -17,6 +22,7 @@ import gc
 import itertools
 import random
 import statistics
+import sys
 import threading
 import time
 import tracemalloc
@@ -26,8 +32,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import cachetools
+import theine
 
-from memsafe.cache import LRUCache
+from benchmarks.trace import TRACE_CACHE_SIZE, hit_ratios, record_trace
+from memsafe.cache import LRUCache, default_sizeof
 
 ANCHOR = "cachetools.TTLCache+Lock"
 BASELINE = "OrderedDict+Lock (TTL)"
@@ -38,6 +46,7 @@ ZIPF_KEYS = 100_000
 ZIPF_CACHE_SIZE = 10_000
 READ_FRACTION = 0.9
 BYTES_ENTRIES = 100_000
+MEMSAFE_POLICIES = ("lru", "slru", "tinylfu")
 
 
 class _Cache:
@@ -94,9 +103,25 @@ class _OrderedDictTTL(_Cache):
 
 
 class _Memsafe(_Cache):
-    def __init__(self, max_size: int, ttl_seconds: float | None) -> None:
-        cache: LRUCache[Any, Any] = LRUCache(max_size, ttl_seconds)
+    def __init__(
+        self,
+        max_size: int,
+        ttl_seconds: float | None,
+        policy: str = "lru",
+        max_bytes: int | None = None,
+    ) -> None:
+        cache: LRUCache[Any, Any] = LRUCache(max_size, ttl_seconds, max_bytes, policy=policy)
         self.get = cache.get
+        self.set = cache.set
+
+
+class _Theine(_Cache):
+    """theine's W-TinyLFU (a Rust core); its get returns (value, found)."""
+
+    def __init__(self, max_size: int) -> None:
+        cache: theine.Cache[Any, Any] = theine.Cache(max_size)
+        get = cache.get
+        self.get = lambda key: get(key)[0]
         self.set = cache.set
 
 
@@ -120,6 +145,11 @@ class _LRUCacheFunction(_Cache):
 FACTORIES: dict[str, Callable[[int], _Cache]] = {
     MEMSAFE_TTL: lambda n: _Memsafe(n, TTL_SECONDS),
     "memsafe.LRUCache (no TTL)": lambda n: _Memsafe(n, None),
+    "memsafe slru (TTL)": lambda n: _Memsafe(n, TTL_SECONDS, "slru"),
+    "memsafe tinylfu (TTL)": lambda n: _Memsafe(n, TTL_SECONDS, "tinylfu"),
+    # The default byte estimator on (max_bytes set high enough never to evict by bytes).
+    "memsafe.LRUCache (TTL, bytes)": lambda n: _Memsafe(n, TTL_SECONDS, max_bytes=1 << 40),
+    "theine (W-TinyLFU)": _Theine,
     ANCHOR: lambda n: _CachetoolsLocked(cachetools.TTLCache(n, TTL_SECONDS)),
     "cachetools.LRUCache+Lock": lambda n: _CachetoolsLocked(cachetools.LRUCache(n)),
     BASELINE: lambda n: _OrderedDictTTL(n, TTL_SECONDS),
@@ -304,10 +334,11 @@ def main(argv: list[str] | None = None) -> None:
         theirs = rows[against].values[column]
         return statistics.median(a / b for a, b in zip(mine, theirs, strict=True))
 
-    bytes_per_entry = {n: _bytes_per_entry(n) for n in names}
+    # tracemalloc sees only Python's allocations, not theine's Rust core: not comparable.
+    bytes_per_entry = {n: _bytes_per_entry(n) for n in names if n != "theine (W-TinyLFU)"}
 
     header = (
-        f"{'cache':<28}{'get-hit ns':>11}{'ratio':>7}{'set ns':>9}{'ratio':>7}"
+        f"{'cache':<30}{'get-hit ns':>11}{'ratio':>7}{'set ns':>9}{'ratio':>7}"
         f"{'mix1 kop/s':>11}{'speedup':>8}{'hit%':>6}{'mix4 kop/s':>11}{'speedup':>8}"
         f"{'hit%':>6}{'B/entry':>8}"
     )
@@ -317,20 +348,24 @@ def main(argv: list[str] | None = None) -> None:
     for n in names:
         r = rows[n]
         print(
-            f"{n:<28}{r.median('get'):>11.0f}{_fmt_ratio(ratio(n, 'get')):>7}"
+            f"{n:<30}{r.median('get'):>11.0f}{_fmt_ratio(ratio(n, 'get')):>7}"
             f"{r.median('set'):>9.0f}{_fmt_ratio(ratio(n, 'set')):>7}"
             f"{r.median('mixed1') / 1e3:>11.0f}{_fmt_ratio(ratio(n, 'mixed1')):>8}"
             f"{100 * r.median('mixed1_hit'):>6.1f}"
             f"{r.median('mixed4') / 1e3:>11.0f}{_fmt_ratio(ratio(n, 'mixed4')):>8}"
-            f"{100 * r.median('mixed4_hit'):>6.1f}{bytes_per_entry[n]:>8.0f}"
+            f"{100 * r.median('mixed4_hit'):>6.1f}"
+            + (f"{bytes_per_entry[n]:>8.0f}" if n in bytes_per_entry else f"{'-':>8}")
         )
     print()
     print(
         "ratio = median of per-round (cache / anchor); speedup = median of per-round "
         "(cache ops/s / anchor ops/s). Mixed: Zipf(1.0) over 100k keys, cache of 10k, 90% reads "
         "(a miss reads through with a set), 10% sets. functools.lru_cache has no TTL and no set: "
-        "its sets read through and its hit% counts every call."
+        "its sets read through and its hit% counts every call. (TTL, bytes): the default "
+        "byte estimator on. theine: no TTL; B/entry not measurable with tracemalloc."
     )
+    _print_estimator_cost()
+    hit_table = _hit_ratio_table()
     print()
     print(f"targets for {MEMSAFE_TTL}:")
     checks = [
@@ -355,6 +390,114 @@ def main(argv: list[str] | None = None) -> None:
         checks.append((f"{label} >= 0.95x baseline", speed, speed >= 0.95))
     size = bytes_per_entry[MEMSAFE_TTL]
     checks.append(("bytes/entry <= 190", size, size <= 190))
+    for label, value, ok in checks:
+        print(f"  {'PASS' if ok else 'FAIL'}  {label:<34} measured {value:.2f}")
+    _print_hit_ratio_checks(hit_table)
+
+
+def _print_estimator_cost() -> None:
+    """What the default byte estimator costs per set, on a value shaped like the app's user."""
+    row = {
+        "id": 4321,
+        "name": "Ada Lovelace",
+        "email": "ada.lovelace4321@example.com",
+        "city": "London",
+        "created_at": "2024-05-17T00:00:00Z",
+    }
+    repeat = 20_000
+    timings = {}
+    for name, sizeof in (("default_sizeof", default_sizeof), ("sys.getsizeof", sys.getsizeof)):
+        start = time.perf_counter_ns()
+        for _ in range(repeat):
+            sizeof(row)
+        timings[name] = (time.perf_counter_ns() - start) / repeat
+    print()
+    print(
+        f"byte estimator on a user row: default_sizeof {timings['default_sizeof']:.0f} ns "
+        f"({default_sizeof(row)} B) vs sys.getsizeof {timings['sys.getsizeof']:.0f} ns "
+        f"({sys.getsizeof(row)} B), paid once per set of a byte-tracked cache"
+    )
+
+
+# -- hit ratios on the recorded trace (a table of its own, then its own target lines) ---------
+
+_GetSet = tuple[Callable[[Any], Any], Callable[[Any, Any], None]]
+
+
+def _memsafe_get_set(policy: str) -> Callable[[int], _GetSet]:
+    def build(n: int) -> _GetSet:
+        return _get_set(LRUCache(n, policy=policy))
+
+    return build
+
+
+HIT_RATIO_CACHES: dict[str, Callable[[int], _GetSet]] = {
+    **{f"memsafe {policy}": _memsafe_get_set(policy) for policy in MEMSAFE_POLICIES},
+    "cachetools.LRUCache": lambda n: _get_set(_CachetoolsLocked(cachetools.LRUCache(n))),
+    "theine (W-TinyLFU)": lambda n: _get_set(_Theine(n)),
+}
+
+
+def _get_set(cache: Any) -> _GetSet:
+    return cache.get, cache.set
+
+
+THEINE_REPLAYS = 3  # theine's maintenance runs on its own schedule: its ratio varies by run
+
+
+def _hit_ratio_table() -> dict[str, tuple[float, float, float]]:
+    """Replay the recorded trace through every cache; print and return the hit ratios.
+
+    memsafe and cachetools replay deterministically; theine's ratio moves by a few tenths of a
+    point from run to run, so it replays `THEINE_REPLAYS` times and the median run counts.
+    """
+    trace = record_trace()
+    table = {}
+    spread = ""
+    for name, build in HIT_RATIO_CACHES.items():
+        replays = THEINE_REPLAYS if name.startswith("theine") else 1
+        runs = []
+        for _ in range(replays):
+            get, set_ = build(TRACE_CACHE_SIZE)
+            runs.append(tuple(hit_ratios(trace, get, set_)))
+        runs.sort()
+        table[name] = runs[len(runs) // 2]
+        if replays > 1:
+            spread = (
+                f"{name}: median of {replays} replays, total {100 * runs[0][0]:.2f}-"
+                f"{100 * runs[-1][0]:.2f} %"
+            )
+    print()
+    print(
+        f"hit ratio on one recorded trace: {len(trace)} requests, hot Zipf(1.2) : cold scan = "
+        f"3 : 1 over 10,000 ids, cache of {TRACE_CACHE_SIZE} entries, read-through, no TTL"
+    )
+    header = f"{'cache':<30}{'total %':>9}{'hot %':>8}{'scan %':>8}"
+    print(header)
+    print("-" * len(header))
+    for name, (total, hot, scan) in table.items():
+        print(f"{name:<30}{100 * total:>9.2f}{100 * hot:>8.2f}{100 * scan:>8.2f}")
+    print(spread)
+    return table  # type: ignore[return-value]  # tuple() of a 3-field NamedTuple
+
+
+def _print_hit_ratio_checks(table: dict[str, tuple[float, float, float]]) -> None:
+    theine_total = table["theine (W-TinyLFU)"][0]
+    lru_total = table["cachetools.LRUCache"][0]
+    checks = [
+        (
+            "tinylfu hit % >= theine's median",
+            100 * table["memsafe tinylfu"][0],
+            table["memsafe tinylfu"][0] >= theine_total,
+        ),
+        (
+            "slru hit % > LRU's",
+            100 * table["memsafe slru"][0],
+            table["memsafe slru"][0] > lru_total,
+        ),
+    ]
+    print()
+    print("hit-ratio targets (recorded trace):")
     for label, value, ok in checks:
         print(f"  {'PASS' if ok else 'FAIL'}  {label:<34} measured {value:.2f}")
 

@@ -10,6 +10,7 @@ from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any, Final, Generic, Literal, TypedDict, TypeVar, cast, overload
 
+from memsafe._checks import _check_choice, _check_lock, _check_positive_int
 from memsafe._types import K, T, V
 
 E = TypeVar("E")
@@ -55,17 +56,6 @@ class MetricsStats(TypedDict):
     dropped_samples: int
 
 
-def _check_positive_int(name: str, value: object) -> int:
-    """Return ``value`` if it is an int >= 1, else raise naming the argument and the value."""
-    if isinstance(value, bool) or not isinstance(value, int):
-        msg = f"{name} must be an int >= 1, got {value!r} ({type(value).__name__})"
-        raise TypeError(msg)
-    if value < 1:
-        msg = f"{name} must be >= 1, got {value!r}"
-        raise ValueError(msg)
-    return value
-
-
 class _Capacity:
     """What every bounded container here shares: a fixed capacity, a drop count, a lock.
 
@@ -77,7 +67,9 @@ class _Capacity:
     def __init__(self, max_size: int, lock: AbstractContextManager[Any] | None) -> None:
         self._max_size = _check_positive_int("max_size", max_size)
         self._dropped = 0
-        self._lock: AbstractContextManager[Any] = threading.RLock() if lock is None else lock
+        self._lock: AbstractContextManager[Any] = (
+            threading.RLock() if lock is None else _check_lock("lock", lock)
+        )
 
     @property
     def max_size(self) -> int:
@@ -179,10 +171,7 @@ class BoundedDict(_Capacity, MutableMapping[K, V]):
         lock: AbstractContextManager[Any] | None = None,
     ) -> None:
         super().__init__(max_size, lock)
-        if policy not in POLICIES:
-            msg = f"policy must be one of {POLICIES!r}, got {policy!r}"
-            raise ValueError(msg)
-        self._policy: Policy = policy
+        self._policy = cast(Policy, _check_choice("policy", policy, POLICIES))
         self._is_lru = policy == "lru"
         self._data: OrderedDict[K, V] = OrderedDict()
 
@@ -389,7 +378,9 @@ class MetricsCollector:
         self._metrics: OrderedDict[str, deque[float]] = OrderedDict()
         self._dropped = 0
         self._dropped_samples = 0
-        self._lock: AbstractContextManager[Any] = threading.RLock() if lock is None else lock
+        self._lock: AbstractContextManager[Any] = (
+            threading.RLock() if lock is None else _check_lock("lock", lock)
+        )
 
     @property
     def max_samples_per_metric(self) -> int:

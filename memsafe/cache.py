@@ -1,34 +1,47 @@
-"""Thread-safe LRU cache with per-cache and per-entry TTL, a count bound and a byte bound."""
+"""Thread-safe cache (LRU, SLRU or W-TinyLFU) with TTLs, a count bound and a byte bound."""
 
 from __future__ import annotations
 
 import itertools
 import logging
 import math
-import sys
 import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any, Final, Generic, overload
 
-from memsafe._checks import _check_positive_int, _check_ttl, _unhashable
+from memsafe._checks import (
+    _check_callable,
+    _check_choice,
+    _check_lock,
+    _check_optional_positive_int,
+    _check_positive_int,
+    _check_str,
+    _check_ttl,
+    _unhashable,
+)
 from memsafe._clock import Clock
+from memsafe._fastpaths import NEVER, make_fast_get, make_fast_set
+from memsafe._policy import _NONE, POLICIES, SegmentedPolicy, make_policy
+from memsafe._sizeof import ENTRY_OVERHEAD_BYTES, estimate_bytes
 from memsafe._types import CacheStats, K, LockLike, T, V
 
 __all__ = ["NEVER", "CacheStats", "LRUCache", "LockLike", "default_sizeof"]
 
 logger = logging.getLogger(__name__)
 
-NEVER: Final = math.inf
-"""Expiry time of an entry without a TTL (one shared float, so no allocation per entry)."""
 
 _MISSING: Final = object()
 
 
 def default_sizeof(value: object) -> int:
-    """Shallow size of `value` in bytes (`sys.getsizeof`): cheap, ignores what it refers to."""
-    return sys.getsizeof(value)
+    """Deep, bounded estimate of the bytes `value` holds plus the cache's own per-entry bytes.
+
+    Follows containers, dataclasses and pydantic models (see `memsafe._sizeof`); shared objects
+    (small ints, one-character and interned-name strings, None, classes) count nothing.
+    """
+    return estimate_bytes(value) + ENTRY_OVERHEAD_BYTES
 
 
 def _count_value(counter: itertools.count[int]) -> int:
@@ -38,11 +51,17 @@ def _count_value(counter: itertools.count[int]) -> int:
 
 
 class LRUCache(Generic[K, V]):
-    """Mapping that drops the least recently read entry and expires old ones.
+    """Mapping that drops the least recently read entry (or, by `policy`, the least valuable).
 
     Bounds: at most `max_size` entries and, when `max_bytes` is set, at most that many bytes as
-    measured by `sizeof(value)` (default: `sys.getsizeof(value)`, shallow, computed only when
-    bytes are tracked). Inserting into a full cache evicts least recently used entries first.
+    measured by `sizeof(value)` (default: `default_sizeof`, a deep bounded estimate, computed
+    only when bytes are tracked). Inserting into a full cache evicts entries first.
+
+    Policy: "lru" (default) evicts the least recently used entry. "slru" (segmented LRU) and
+    "tinylfu" (W-TinyLFU: a 1% LRU window, then segmented LRU behind a count-min frequency
+    filter) resist scans: a burst of keys read once cannot push out keys read again and again.
+    Their hits stay lock-free; they are replayed into the policy under the lock on the next
+    write (see `memsafe._policy`). `shrink` and the manager's budget evict in the same order.
     A value larger than `max_bytes` is not stored: it counts as a rejection and any previous
     entry under that key is removed, so a stale value is never served in its place.
 
@@ -67,17 +86,19 @@ class LRUCache(Generic[K, V]):
         clock: Clock = time.monotonic,
         lock: LockLike | None = None,
         name: str = "",
+        policy: str = "lru",
     ) -> None:
         self._max_size = _check_positive_int("max_size", max_size)
         self._ttl_seconds = _check_ttl("ttl_seconds", ttl_seconds)
-        self._max_bytes = None if max_bytes is None else _check_positive_int("max_bytes", max_bytes)
-        for arg, function in (("sizeof", sizeof), ("on_evict", on_evict)):
-            if function is not None and not callable(function):
-                msg = f"{arg} must be callable or None, got {function!r}"
-                raise TypeError(msg)
-        if not callable(clock):
-            msg = f"clock must be callable, got {clock!r}"
-            raise TypeError(msg)
+        self._max_bytes = _check_optional_positive_int("max_bytes", max_bytes)
+        _check_callable("sizeof", sizeof, optional=True)
+        _check_callable("on_evict", on_evict, optional=True)
+        _check_callable("clock", clock)
+        if lock is not None:
+            _check_lock("lock", lock)
+        _check_str("name", name)
+        self._policy_name = _check_choice("policy", policy, POLICIES)
+        self._policy: SegmentedPolicy | None = make_policy(policy, self._max_size)
         # Entries are (value, expires_at) tuples, or (value, expires_at, size) when bytes are
         # tracked: an immutable tuple is swapped in whole, so a lock-free reader never sees a
         # half-written entry.
@@ -110,36 +131,7 @@ class LRUCache(Generic[K, V]):
             self.set = self._fast_set  # type: ignore[method-assign]  # same contract
 
     def _make_fast_get(self) -> Callable[..., Any]:
-        # The same algorithm as `get`, as a closure over locals: a free-variable load is cheaper
-        # than an attribute load on self, and calling it skips binding a method (about 15% of a
-        # hit, measured). Installed per instance, so a subclass overriding get is respected.
-        data = self._data
-        clock = self._clock
-        move_to_end = data.move_to_end
-        count_hit = self._count_hit
-        count_miss = self._count_miss
-        drop_expired = self._drop_expired
-
-        def get(key: K, default: object = None) -> object:
-            try:
-                entry = data[key]
-            except KeyError:
-                count_miss()
-                return default
-            except TypeError:
-                raise _unhashable(key) from None
-            expires_at = entry[1]
-            if expires_at is not NEVER and expires_at <= clock():
-                return drop_expired(key, entry, default)
-            try:  # noqa: SIM105  # contextlib.suppress would cost ~200 ns per hit
-                move_to_end(key)
-            except KeyError:
-                pass
-            count_hit()
-            return entry[0]
-
-        get.__doc__ = LRUCache.get.__doc__
-        return get
+        return make_fast_get(self)
 
     @overload
     def get(self, key: K) -> V | None: ...
@@ -160,7 +152,9 @@ class LRUCache(Generic[K, V]):
         with self._lock:
             data = self._data
             if data.get(key) is entry:  # still the entry we saw expire
+                self._sync()  # replay earlier hits first: they may reorder other keys
                 del data[key]
+                self._forget(key)
                 if len(entry) == 3:
                     self._nbytes -= entry[2]
                 self._expirations += 1
@@ -216,111 +210,66 @@ class LRUCache(Generic[K, V]):
         self._fast_set(key, value, ttl_seconds)
 
     def _make_fast_set(self) -> Callable[..., None]:
-        # A closure for the same reasons as _make_fast_get; the lock is taken with explicit
-        # acquire/release, about 100 ns cheaper here than a `with` block.
-        data = self._data
-        lock: Any = self._lock
-        acquire: Callable[[], object] = getattr(lock, "acquire", lock.__enter__)
-        release: Callable[[], object] = getattr(lock, "release", None) or (
-            lambda: lock.__exit__(None, None, None)  # a context-manager-only lock
-        )
-        clock = self._clock
-        max_size = self._max_size
-        default_ttl = self._ttl_seconds
-        on_evict = self._on_evict
-        set_sized = self._set_sized
-        notify = self._notify_evicted
-        cache = self
+        return make_fast_set(self)
 
-        def set(key: K, value: V, ttl_seconds: float | None = None) -> None:
-            ttl = default_ttl if ttl_seconds is None else _check_ttl("ttl_seconds", ttl_seconds)
-            sizeof = cache._sizeof
-            if sizeof is not None:
-                set_sized(key, value, ttl, sizeof)
-                return
-            if ttl is None:
-                entry: tuple[Any, ...] = (value, NEVER)
-                now = NEVER
-            else:
-                now = clock()
-                entry = (value, now + ttl)
-                if not cache._ttl_used:
-                    cache._ttl_used = True
-            acquire()
-            if cache._sizeof is not None:
-                # A manager switched byte tracking on since the read above: store a sized entry.
-                release()
-                set_sized(key, value, ttl, cache._sizeof)
-                return
-            try:
-                try:
-                    present = key in data
-                except TypeError:
-                    raise _unhashable(key) from None
-                if present:
-                    data[key] = entry
-                    data.move_to_end(key)
-                    return
-                if len(data) < max_size:
-                    data[key] = entry
-                    return
-                # Evict before inserting, so len() never exceeds max_size, even transiently.
-                old_key, old = data.popitem(last=False)
-                expires_at = old[1]
-                if expires_at is not NEVER and expires_at <= (clock() if now is NEVER else now):
-                    cache._expirations += 1
-                else:
-                    cache._evictions += 1
-                data[key] = entry
-            finally:
-                release()
-            if on_evict is not None:
-                notify([(old_key, old[0])])
-
-        return set
-
-    def _set_sized(
-        self, key: K, value: V, ttl: float | None, sizeof: Callable[[object], int]
+    def _store(
+        self, key: K, value: V, ttl: float | None, sizeof: Callable[[object], int] | None
     ) -> None:
-        size = sizeof(value)  # user code: outside the lock
+        # The one general write path: byte-tracked entries, and every policy but plain LRU.
+        size = 0 if sizeof is None else sizeof(value)  # user code: outside the lock
+        now = self._clock()
         if ttl is None:
             expires_at = NEVER
         else:
-            expires_at = self._clock() + ttl
+            expires_at = now + ttl
             self._ttl_used = True
         max_bytes = self._max_bytes
         dropped: list[tuple[K, Any]] = []
         with self._lock:
             data = self._data
+            policy = self._policy
+            if policy is not None and policy._buffer:
+                policy.drain()
             before = self._nbytes
             try:
                 old = data.get(key)
             except TypeError:
                 raise _unhashable(key) from None
+            old_size = old[2] if old is not None and len(old) == 3 else 0
             if max_bytes is not None and size > max_bytes:
                 self._rejections += 1
                 if old is not None:
                     del data[key]
-                    self._nbytes -= old[2]
+                    self._forget(key)
+                    self._nbytes -= old_size
             else:
                 # An overwrite keeps the entry in place (a lock-free get must never see the key
-                # missing) as most recent, so eviction from the LRU end never reaches it.
-                old_size = 0 if old is None else old[2]
+                # missing) as most recent, and eviction never picks it.
                 if old is not None:
-                    data.move_to_end(key)
+                    if policy is None:
+                        data.move_to_end(key)
+                    else:
+                        policy.touch(key)
                 # Make room first, so nbytes and len() never exceed their bounds in between.
                 while len(data) > (old is not None) and (
                     (old is None and len(data) >= self._max_size)
                     or (max_bytes is not None and self._nbytes - old_size + size > max_bytes)
                 ):
-                    old_key, evicted = data.popitem(last=False)
-                    self._nbytes -= evicted[2]
-                    if evicted[1] is not NEVER and evicted[1] <= self._clock():
+                    if policy is None:
+                        old_key, evicted = data.popitem(last=False)
+                    else:
+                        old_key = policy.victim(key)  # type: ignore[assignment]  # a stored K
+                        evicted = data.pop(old_key)
+                    if len(evicted) == 3:
+                        self._nbytes -= evicted[2]
+                    if evicted[1] is not NEVER and evicted[1] <= now:
                         self._expirations += 1
                     else:
                         self._evictions += 1
                     dropped.append((old_key, evicted[0]))
-                data[key] = (value, expires_at, size)
+                data[key] = (value, expires_at) if sizeof is None else (value, expires_at, size)
+                if old is None and policy is not None:
+                    policy.insert(key)
                 self._nbytes += size - old_size
             grew = self._nbytes > before
             hook = self._grow_hook
@@ -332,12 +281,14 @@ class LRUCache(Generic[K, V]):
     def delete(self, key: K) -> bool:
         """Remove `key`; True if a live entry was removed (an expired one counts as expired)."""
         with self._lock:
+            self._sync()
             try:
                 entry = self._data.pop(key, None)
             except TypeError:
                 raise _unhashable(key) from None
             if entry is None:
                 return False
+            self._forget(key)
             if len(entry) == 3:
                 self._nbytes -= entry[2]
             expires_at = entry[1]
@@ -351,6 +302,9 @@ class LRUCache(Generic[K, V]):
         with self._lock:
             count = len(self._data)
             self._data.clear()
+            policy = self._sync()  # recorded hits still count in the sketch
+            if policy is not None:
+                policy.clear()
             self._nbytes = 0
         return count
 
@@ -361,12 +315,14 @@ class LRUCache(Generic[K, V]):
         dropped: list[tuple[K, Any]] = []
         with self._lock:
             data = self._data
+            self._sync()
             now = self._clock()
             # list() of the items runs in C without releasing the GIL: a consistent snapshot
             # even while lock-free readers reorder entries.
             for key, entry in list(data.items()):
                 if entry[1] <= now:
                     del data[key]
+                    self._forget(key)
                     if len(entry) == 3:
                         self._nbytes -= entry[2]
                     dropped.append((key, entry[0]))
@@ -375,7 +331,7 @@ class LRUCache(Generic[K, V]):
         return len(dropped)
 
     def shrink(self, fraction: float) -> int:
-        """Drop `ceil(len * fraction)` entries, least recently used first; return that count.
+        """Drop `ceil(len * fraction)` entries, in eviction order; return that count.
 
         `fraction` is in [0, 1]; the cleanup service calls this under memory pressure.
         """
@@ -405,11 +361,12 @@ class LRUCache(Generic[K, V]):
         # Already expired entries count as expirations, as on the set paths.
         data = self._data
         dropped: list[tuple[K, Any]] = []
+        self._sync()
         now = self._clock()
         while data and len(dropped) < count:
             if stop_at_bytes is not None and self._nbytes <= stop_at_bytes:
                 break
-            key, entry = data.popitem(last=False)
+            key, entry = self._pop_victim(_NONE)
             if len(entry) == 3:
                 self._nbytes -= entry[2]
             if entry[1] is not NEVER and entry[1] <= now:
@@ -418,6 +375,25 @@ class LRUCache(Generic[K, V]):
                 self._evictions += 1
             dropped.append((key, entry[0]))
         return dropped
+
+    def _sync(self) -> SegmentedPolicy | None:
+        # Under the lock: replay recorded hits into the policy before any order decision.
+        policy = self._policy
+        if policy is not None:
+            policy.drain()
+        return policy
+
+    def _forget(self, key: K) -> None:
+        # Under the lock: `key` left the data; the policy must forget it too.
+        if self._policy is not None:
+            self._policy.remove(key)
+
+    def _pop_victim(self, keep: object) -> tuple[K, tuple[Any, ...]]:
+        # Under the lock: remove and return the next entry to evict (never `keep`'s).
+        if self._policy is None:
+            return self._data.popitem(last=False)
+        key: Any = self._policy.victim(keep)
+        return key, self._data.pop(key)
 
     def _notify_evicted(self, dropped: list[tuple[K, Any]]) -> None:
         on_evict = self._on_evict
@@ -482,6 +458,11 @@ class LRUCache(Generic[K, V]):
         return self._max_bytes
 
     @property
+    def policy(self) -> str:
+        """Eviction policy: "lru", "slru" or "tinylfu"."""
+        return self._policy_name
+
+    @property
     def nbytes(self) -> int:
         """Current bytes by `sizeof`; 0 when bytes are not tracked."""
         return self._nbytes
@@ -489,5 +470,6 @@ class LRUCache(Generic[K, V]):
     def __repr__(self) -> str:
         return (
             f"LRUCache(name={self._name!r}, size={len(self._data)}, max_size={self._max_size}, "
-            f"ttl_seconds={self._ttl_seconds!r}, max_bytes={self._max_bytes!r})"
+            f"ttl_seconds={self._ttl_seconds!r}, max_bytes={self._max_bytes!r}, "
+            f"policy={self._policy_name!r})"
         )

@@ -9,7 +9,7 @@ import threading
 from collections.abc import Callable, Hashable
 from typing import Any, Final, TypeVar, cast
 
-from memsafe._checks import _check_ttl
+from memsafe._checks import _check_callable, _check_ttl
 from memsafe.cache import LRUCache
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -58,9 +58,7 @@ def cached(
     if not isinstance(cache, LRUCache):
         msg = f"cache must be a memsafe LRUCache, got {cache!r}"
         raise TypeError(msg)
-    if key is not None and not callable(key):
-        msg = f"key must be callable or None, got {key!r}"
-        raise TypeError(msg)
+    _check_callable("key", key, optional=True)
     ttl = _check_ttl("ttl_seconds", ttl_seconds)
 
     def decorate(fn: F) -> F:

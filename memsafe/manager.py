@@ -6,6 +6,7 @@ import logging
 import threading
 from typing import Any, TypedDict
 
+from memsafe._checks import _check_optional_positive_int, _check_str
 from memsafe.cache import CacheStats, LRUCache
 
 logger = logging.getLogger(__name__)
@@ -32,28 +33,19 @@ class ManagerStats(TypedDict):
 
 
 def _check_budget(max_total_bytes: int | None) -> int | None:
-    if max_total_bytes is None:
-        return None
-    if (
-        isinstance(max_total_bytes, bool)
-        or not isinstance(max_total_bytes, int)
-        or max_total_bytes < 1
-    ):
-        msg = f"max_total_bytes must be an int >= 1 or None, got {max_total_bytes!r}"
-        raise ValueError(msg)
-    return max_total_bytes
+    return _check_optional_positive_int("max_total_bytes", max_total_bytes)
 
 
 class CacheManager:
     """Named caches, created once and looked up by name, with an optional total byte budget.
 
-    Every managed cache tracks its bytes (`sizeof`, default `sys.getsizeof` of the value). The
-    budget rule: when a `set` makes a managed cache's bytes grow and the sum of bytes over all
-    managed caches is then above `max_total_bytes`, the manager evicts least recently used
-    entries from the largest cache (by bytes), then the next largest, until the sum is at or
-    under the budget. A cache notifies the manager only when its bytes grow and only while a
-    budget is set, so caches cost nothing extra when there is no budget. Setting or lowering a
-    budget enforces it at once.
+    Every managed cache tracks its bytes (`sizeof`, default `memsafe.cache.default_sizeof`, a
+    deep bounded estimate). The budget rule: when a `set` makes a managed cache's bytes grow and
+    the sum of bytes over all managed caches is then above `max_total_bytes`, the manager evicts
+    entries, in each cache's eviction order, from the largest cache (by bytes), then the next
+    largest, until the sum is at or under the budget. A cache notifies the manager only when
+    its bytes grow and only while a budget is set, so caches cost nothing extra when there is
+    no budget. Setting or lowering a budget enforces it at once.
 
     Thread safety: one lock guards the registry and budget enforcement; the manager takes a
     cache's lock only through that cache's methods, never while the cache holds it.
@@ -74,19 +66,19 @@ class CacheManager:
         max_size: int = 1000,
         ttl_seconds: float | None = None,
         max_bytes: int | None = None,
+        policy: str = "lru",
         **kwargs: Any,
     ) -> LRUCache[Any, Any]:
         """Create the cache `name`, or return it if it exists with the same settings.
 
-        `kwargs` are `LRUCache`'s keyword-only options (sizeof, on_evict, clock, lock).
+        `policy` is the eviction policy ("lru", "slru" or "tinylfu", see `LRUCache`); `kwargs`
+        are `LRUCache`'s other keyword-only options (sizeof, on_evict, clock, lock).
 
         Raises:
             ValueError: `name` exists with different settings, or a setting is invalid.
         """
-        if not isinstance(name, str) or not name:
-            msg = f"name must be a non-empty str, got {name!r}"
-            raise ValueError(msg)
-        settings = (max_size, ttl_seconds, max_bytes, sorted(kwargs.items()))
+        _check_str("name", name, allow_empty=False)
+        settings = (max_size, ttl_seconds, max_bytes, policy, sorted(kwargs.items()))
         with self._lock:
             existing = self._caches.get(name)
             if existing is not None:
@@ -98,7 +90,7 @@ class CacheManager:
                     raise ValueError(msg)
                 return existing
             cache: LRUCache[Any, Any] = LRUCache(
-                max_size, ttl_seconds, max_bytes, name=name, **kwargs
+                max_size, ttl_seconds, max_bytes, name=name, policy=policy, **kwargs
             )
             cache._track_bytes(self._on_grow if self._max_total_bytes is not None else None)
             self._caches[name] = cache

@@ -10,6 +10,12 @@ from collections import deque
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any, Final, Protocol, TypedDict
 
+from memsafe._checks import (
+    _check_callable,
+    _check_number,
+    _check_optional_number,
+    _check_positive_int,
+)
 from memsafe._clock import Clock
 from memsafe._routes import UNMATCHED_ROUTE, RouteTally, method_key, route_key
 from memsafe._routes import RouteMemoryStats as RouteMemoryStats
@@ -107,13 +113,19 @@ class MemoryMonitor:
         self.alert_delta_mb = alert_delta_mb
         self.alert_rss_mb = alert_rss_mb
         self.add_headers = add_headers
-        self._max_routes = _check_count("max_routes", max_routes)
-        self._max_alerts = _check_count("max_alerts", max_alerts)
-        if alert_log_interval_seconds < 0:
-            msg = f"alert_log_interval_seconds must be >= 0, got {alert_log_interval_seconds!r}"
-            raise ValueError(msg)
-        self.on_response_rss = on_response_rss
-        self.rss_probe = rss_probe
+        self._max_routes = _check_positive_int("max_routes", max_routes)
+        self._max_alerts = _check_positive_int("max_alerts", max_alerts)
+        _check_number(
+            "alert_log_interval_seconds",
+            alert_log_interval_seconds,
+            low=0.0,
+            high=math.inf,
+            low_open=False,
+        )
+        self.on_response_rss = _check_callable("on_response_rss", on_response_rss, optional=True)
+        self.rss_probe = _check_callable("rss_probe", rss_probe)
+        _check_callable("clock", clock)
+        _check_callable("wall_clock", wall_clock)
         self._log_interval = alert_log_interval_seconds
         self._clock = clock
         self._wall_clock = wall_clock
@@ -331,17 +343,8 @@ def _copy_alert(alert: MemoryAlert) -> MemoryAlert:
 
 
 def _check_threshold(name: str, value: float | None) -> float | None:
-    if value is not None and not value > 0:
-        msg = f"{name} must be None (off) or > 0 MiB, got {value!r}"
-        raise ValueError(msg)
-    return value
-
-
-def _check_count(name: str, value: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        msg = f"{name} must be an int >= 1, got {value!r}"
-        raise ValueError(msg)
-    return value
+    # None (off) or MiB > 0.
+    return _check_optional_number(name, value, low=0.0, high=math.inf, low_open=True)
 
 
 def _header_values(rss_bytes: int, delta_bytes: int) -> tuple[bytes, bytes]:

@@ -100,11 +100,19 @@ class ServerSettings(_Section):
 
 
 class CacheSettings(_Section):
-    """One LRU cache: count bound, default TTL and optional byte bound."""
+    """One cache: count bound, default TTL, optional byte bound and eviction policy."""
 
     max_size: int = Field(default=10_000, ge=1, le=10_000_000)
     ttl_seconds: float | None = Field(default=300.0, gt=0, le=86_400 * 7)
     max_bytes: int | None = Field(default=None, ge=1024, le=64 * 1024 * MIB)
+    policy: Literal["lru", "slru", "tinylfu"] = Field(
+        default="tinylfu",
+        description=(
+            'Eviction policy: "lru" (least recently used), "slru" (segmented LRU) or "tinylfu" '
+            "(W-TinyLFU: LRU window, segmented LRU main space, count-min frequency admission). "
+            "tinylfu keeps hot entries through a cold scan; see memsafe.LRUCache."
+        ),
+    )
 
 
 class CachesSettings(_Section):

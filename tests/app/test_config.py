@@ -191,6 +191,21 @@ def test_cache_bytes_above_budget_is_rejected(write_profile: ProfileWriter) -> N
     assert "caches.users.max_bytes" in _error(path)
 
 
+def test_unknown_cache_policy_is_rejected_naming_key_and_allowed_values(
+    write_profile: ProfileWriter,
+) -> None:
+    message = _error(write_profile({"caches": {"users": {"policy": "lfu"}}}))
+    assert "caches.users.policy" in message
+    assert "'lfu'" in message or "lfu" in message
+    assert "tinylfu" in message
+
+
+def test_every_profile_sets_the_users_cache_policy() -> None:
+    for name in ("local", "starter", "standard"):
+        profile = yaml.safe_load((ROOT / "config" / f"{name}.yaml").read_text())
+        assert profile["caches"]["users"]["policy"] in ("lru", "slru", "tinylfu")
+
+
 def test_jitter_not_below_max_requests_is_rejected(write_profile: ProfileWriter) -> None:
     path = write_profile({"server": {"max_requests": 10, "max_requests_jitter": 10}})
     assert "max_requests_jitter=10" in _error(path)

@@ -36,6 +36,20 @@ def test_lifespan_builds_and_tears_down_worker_state(settings: Settings) -> None
     assert manager.names() == []
 
 
+@pytest.mark.parametrize("policy", ["lru", "slru", "tinylfu"])
+def test_users_cache_uses_the_policy_of_the_profile(
+    write_profile: ProfileWriter, policy: str
+) -> None:
+    app = create_app(load_settings(write_profile({"caches": {"users": {"policy": policy}}})))
+    state: AppState = app.state.runtime
+    with TestClient(app) as c:
+        assert c.get("/users/1").status_code == 200
+        assert state.manager is not None
+        cache = state.manager.get_cache("users")
+        assert cache is not None
+        assert cache.policy == policy
+
+
 def test_store_is_created_on_first_start(settings: Settings) -> None:
     assert not settings.store.path.exists()
     with TestClient(create_app(settings)):

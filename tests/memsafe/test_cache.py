@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 
+from memsafe._sizeof import ENTRY_OVERHEAD_BYTES
 from memsafe.cache import LRUCache, default_sizeof
 from tests.conftest import FakeClock
 from tests.memsafe.fakes import CountingLock
@@ -268,13 +269,23 @@ def test_get_or_set_rejects_a_non_callable_factory() -> None:
     [
         ({"max_size": 0}, ValueError, "max_size must be an int >= 1, got 0"),
         ({"max_size": -3}, ValueError, "max_size must be an int >= 1, got -3"),
-        ({"max_size": 2.5}, ValueError, "max_size must be an int >= 1, got 2.5"),
-        ({"max_size": True}, ValueError, "max_size must be an int >= 1, got True"),
+        ({"max_size": 2.5}, TypeError, "max_size must be an int >= 1, got 2.5"),
+        ({"max_size": True}, TypeError, "max_size must be an int >= 1, got True"),
+        ({"max_size": "3"}, TypeError, "max_size must be an int >= 1, got '3'"),
         ({"max_size": 1, "ttl_seconds": -1}, ValueError, "ttl_seconds must be a number > 0"),
         ({"max_size": 1, "ttl_seconds": 0}, ValueError, "ttl_seconds must be a number > 0"),
         ({"max_size": 1, "ttl_seconds": float("nan")}, ValueError, "got nan"),
-        ({"max_size": 1, "ttl_seconds": "5"}, ValueError, "got '5'"),
-        ({"max_size": 1, "max_bytes": 0}, ValueError, "max_bytes must be an int >= 1, got 0"),
+        ({"max_size": 1, "ttl_seconds": "5"}, TypeError, "got '5'"),
+        ({"max_size": 1, "policy": "lfu"}, ValueError, "policy must be one of"),
+        ({"max_size": 1, "policy": 1}, TypeError, "policy must be one of"),
+        ({"max_size": 1, "name": 1}, TypeError, "name must be a str, got 1"),
+        ({"max_size": 1, "lock": 1}, TypeError, "lock must be a context manager"),
+        (
+            {"max_size": 1, "max_bytes": 0},
+            ValueError,
+            "max_bytes must be an int >= 1 or None, got 0",
+        ),
+        ({"max_size": 1, "max_bytes": "8"}, TypeError, "max_bytes must be an int >= 1 or None"),
         ({"max_size": 1, "sizeof": 3}, TypeError, "sizeof must be callable or None, got 3"),
         ({"max_size": 1, "on_evict": "x"}, TypeError, "on_evict must be callable or None"),
         ({"max_size": 1, "clock": 1.0}, TypeError, "clock must be callable, got 1.0"),
@@ -357,15 +368,16 @@ def test_count_bound_still_applies_to_a_byte_bounded_cache() -> None:
     for key in "abc":
         cache.set(key, key)
     assert len(cache) == 2
-    assert cache.nbytes == 2 * sys.getsizeof("a")
+    assert cache.nbytes == 2 * default_sizeof("a")
 
 
-def test_default_sizeof_is_shallow_getsizeof() -> None:
+def test_default_sizeof_follows_containers_and_adds_the_entry_overhead() -> None:
     value = ["x" * 1000]
-    assert default_sizeof(value) == sys.getsizeof(value)
+    expected = sys.getsizeof(value) + sys.getsizeof(value[0]) + ENTRY_OVERHEAD_BYTES
+    assert default_sizeof(value) == expected
     cache: LRUCache[str, list[str]] = LRUCache(2, max_bytes=10_000)
     cache.set("a", value)
-    assert cache.nbytes == sys.getsizeof(value)
+    assert cache.nbytes == expected
 
 
 def test_an_explicit_sizeof_without_max_bytes_tracks_bytes_unbounded() -> None:
@@ -381,7 +393,7 @@ def test_expiry_in_a_byte_bounded_cache_releases_bytes(fake_clock: FakeClock) ->
     cache.set("b", "y", ttl_seconds=5)
     fake_clock.advance(1)
     assert cache.get("a") is None
-    assert cache.nbytes == sys.getsizeof("y")
+    assert cache.nbytes == default_sizeof("y")
     fake_clock.advance(4)
     assert cache.expire() == 1
     assert cache.nbytes == 0
@@ -430,7 +442,9 @@ def test_properties_report_the_settings() -> None:
         100,
         0,
     )
-    assert repr(cache) == ("LRUCache(name='n', size=0, max_size=3, ttl_seconds=5.0, max_bytes=100)")
+    assert repr(cache) == (
+        "LRUCache(name='n', size=0, max_size=3, ttl_seconds=5.0, max_bytes=100, policy='lru')"
+    )
 
 
 def test_hits_take_no_lock_and_writes_take_it_once() -> None:
@@ -465,13 +479,13 @@ def test_track_bytes_sizes_existing_entries_and_calls_the_hook() -> None:
     cache: LRUCache[str, str] = LRUCache(4)
     cache.set("a", "x")
     cache._track_bytes(lambda c: grown.append(c.nbytes))
-    assert cache.nbytes == sys.getsizeof("x")
+    assert cache.nbytes == default_sizeof("x")
     cache.set("b", "y")
-    assert grown == [2 * sys.getsizeof("x")]
+    assert grown == [2 * default_sizeof("x")]
     cache.delete("b")
     cache._track_bytes(None)
     cache.set("c", "z")
-    assert grown == [2 * sys.getsizeof("x")]
+    assert grown == [2 * default_sizeof("x")]
 
 
 def test_evict_bytes_frees_at_least_the_target_lru_first() -> None:
@@ -528,7 +542,7 @@ def test_expired_entry_replaced_mid_get_is_a_miss_that_keeps_the_new_entry() -> 
     assert cache.get("a") is None
     assert cache.get("a") == "new"
     stats = cache.stats()
-    assert (stats["expirations"], stats["size"], stats["bytes"]) == (0, 1, sys.getsizeof("new"))
+    assert (stats["expirations"], stats["size"], stats["bytes"]) == (0, 1, default_sizeof("new"))
 
 
 class EnterExitLock:

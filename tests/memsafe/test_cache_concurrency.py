@@ -9,6 +9,7 @@ from collections.abc import Iterator
 
 import pytest
 
+from memsafe._policy import POLICIES
 from memsafe.cache import LRUCache
 
 THREADS = 8
@@ -36,7 +37,10 @@ def _size(value: object) -> int:
 @pytest.mark.slow
 @pytest.mark.usefixtures("fast_switching")
 @pytest.mark.parametrize("max_bytes", [None, MAX_BYTES], ids=["count-bound", "byte-bound"])
-def test_threads_hammering_one_cache_keep_bounds_and_exact_counts(max_bytes: int | None) -> None:
+@pytest.mark.parametrize("policy", POLICIES)
+def test_threads_hammering_one_cache_keep_bounds_and_exact_counts(
+    max_bytes: int | None, policy: str
+) -> None:
     evicted = [0]
     cache: LRUCache[int, str] = LRUCache(
         MAX_SIZE,
@@ -44,6 +48,7 @@ def test_threads_hammering_one_cache_keep_bounds_and_exact_counts(max_bytes: int
         max_bytes=max_bytes,
         sizeof=_size if max_bytes is not None else None,
         on_evict=lambda k, v: evicted.__setitem__(0, evicted[0] + 1),
+        policy=policy,
     )
     gets = [0] * THREADS
     violations: list[str] = []
@@ -115,6 +120,11 @@ def test_threads_hammering_one_cache_keep_bounds_and_exact_counts(max_bytes: int
     if max_bytes is not None:
         assert stats["bytes"] == sum(len(e[0]) for e in cache._data.values()) <= max_bytes
     assert evicted[0] > 0
+    if cache._policy is not None:  # the policy orders exactly the stored keys
+        cache._sync()
+        ordered = [*cache._policy.window, *cache._policy.probation, *cache._policy.protected]
+        assert set(cache._data) == set(ordered)
+        assert len(ordered) == len(cache._data)
 
 
 @pytest.mark.slow

@@ -9,8 +9,12 @@ from typing import Any
 
 import pytest
 
+from memsafe._policy import POLICIES
 from memsafe.bounded import BoundedDict, BoundedList, MetricsCollector
 from memsafe.cache import LRUCache
+from memsafe.decorators import cached
+from memsafe.manager import CacheManager
+from memsafe.middleware import MemoryMonitor
 from tests.memsafe.fakes import CountingLock
 
 
@@ -51,8 +55,21 @@ CASES: dict[str, ContainerCase] = {
         put=lambda c, i: c.__setitem__(i, i),
         limit_argument="max_size",
     ),
-    "LRUCache": ContainerCase(
-        build=lambda limit, lock=None: LRUCache[int, int](limit, lock=lock),
+    **{
+        f"LRUCache-{policy}": ContainerCase(
+            build=lambda limit, lock=None, policy=policy: LRUCache[int, int](
+                limit, lock=lock, policy=policy
+            ),
+            put=lambda c, i: c.set(i, i),
+            limit_argument="max_size",
+            drops_key="evictions",
+        )
+        for policy in POLICIES
+    },
+    "LRUCache-tinylfu-bytes": ContainerCase(
+        build=lambda limit, lock=None: LRUCache[int, int](
+            limit, max_bytes=1_000_000, lock=lock, policy="tinylfu"
+        ),
         put=lambda c, i: c.set(i, i),
         limit_argument="max_size",
         drops_key="evictions",
@@ -119,14 +136,50 @@ def test_non_positive_limit_is_rejected_naming_argument_and_value(
     assert repr(bad) in str(caught.value)
 
 
-@pytest.mark.parametrize("bad", [1.5, "10", None])
-def test_non_integer_limit_is_rejected_naming_argument_and_value(
+@pytest.mark.parametrize("bad", [1.5, "10", None, True])
+def test_non_integer_limit_is_a_type_error_naming_argument_and_value(
     case: ContainerCase, bad: object
 ) -> None:
-    # The issue allows either type; bounded.py says TypeError, cache.py says ValueError.
-    with pytest.raises((TypeError, ValueError), match=case.limit_argument) as caught:
+    # One rule for every container (memsafe/_checks.py): a wrong type is a TypeError.
+    with pytest.raises(TypeError, match=case.limit_argument) as caught:
         case.build(bad)
     assert repr(bad) in str(caught.value)
+
+
+# Every other public factory with a checked argument: (call, wrong type, out of range).
+FACTORY_CHECKS: dict[str, tuple[Callable[[Any], object], object, object]] = {
+    "LRUCache.ttl_seconds": (lambda v: LRUCache(1, ttl_seconds=v), "5", -1),
+    "LRUCache.max_bytes": (lambda v: LRUCache(1, max_bytes=v), "8", 0),
+    "LRUCache.policy": (lambda v: LRUCache(1, policy=v), 1, "lfu"),
+    "BoundedDict.policy": (lambda v: BoundedDict(1, v), 1, "mru"),
+    "MetricsCollector.max_samples_per_metric": (
+        lambda v: MetricsCollector(max_samples_per_metric=v),
+        "3",
+        0,
+    ),
+    "CacheManager.max_total_bytes": (lambda v: CacheManager(max_total_bytes=v), 2.0, 0),
+    "CacheManager.create_cache.max_size": (
+        lambda v: CacheManager().create_cache("c", max_size=v),
+        "3",
+        0,
+    ),
+    "CacheManager.create_cache.name": (lambda v: CacheManager().create_cache(v), 3, ""),
+    "cached.ttl_seconds": (lambda v: cached(LRUCache(1), ttl_seconds=v), "1", 0),
+    "MemoryMonitor.max_routes": (lambda v: MemoryMonitor(max_routes=v), "3", 0),
+    "MemoryMonitor.alert_delta_mb": (lambda v: MemoryMonitor(alert_delta_mb=v), "1", -1.0),
+}
+
+
+@pytest.mark.parametrize("name", sorted(FACTORY_CHECKS))
+def test_factories_raise_type_error_for_a_type_and_value_error_for_a_range(name: str) -> None:
+    build, wrong_type, out_of_range = FACTORY_CHECKS[name]
+    argument = name.rsplit(".", 1)[1]
+    with pytest.raises(TypeError, match=argument) as caught:
+        build(wrong_type)
+    assert repr(wrong_type) in str(caught.value)
+    with pytest.raises(ValueError, match=argument) as caught_range:
+        build(out_of_range)
+    assert repr(out_of_range) in str(caught_range.value)
 
 
 def test_puts_and_stats_take_the_injected_lock(case: ContainerCase) -> None:

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import sys
 from typing import Any
 
 import pytest
 
-from memsafe.cache import LRUCache
+from memsafe.cache import LRUCache, default_sizeof
 from memsafe.manager import CacheManager, cache_manager
 from tests.conftest import FakeClock
 
@@ -25,6 +24,17 @@ def test_create_cache_returns_the_same_cache_for_the_same_settings() -> None:
     assert manager.names() == ["users"]
 
 
+def test_create_cache_passes_the_policy_through() -> None:
+    manager = CacheManager()
+    cache = manager.create_cache("users", max_size=10, policy="tinylfu")
+    assert cache.policy == "tinylfu"
+    assert manager.create_cache("users", max_size=10, policy="tinylfu") is cache
+    with pytest.raises(ValueError, match="exists with settings"):
+        manager.create_cache("users", max_size=10, policy="slru")
+    with pytest.raises(ValueError, match="policy must be one of"):
+        manager.create_cache("other", policy="lfu")
+
+
 def test_create_cache_with_different_settings_raises() -> None:
     manager = CacheManager()
     manager.create_cache("users", max_size=10)
@@ -34,9 +44,9 @@ def test_create_cache_with_different_settings_raises() -> None:
         manager.create_cache("users", max_size=10, sizeof=len)
 
 
-@pytest.mark.parametrize("name", ["", None, 3])
-def test_create_cache_rejects_bad_names(name: Any) -> None:
-    with pytest.raises(ValueError, match="name must be a non-empty str"):
+@pytest.mark.parametrize(("name", "error"), [("", ValueError), (None, TypeError), (3, TypeError)])
+def test_create_cache_rejects_bad_names(name: Any, error: type[Exception]) -> None:
+    with pytest.raises(error, match="name must be a non-empty str"):
         CacheManager().create_cache(name)
 
 
@@ -73,7 +83,7 @@ def test_stats_report_each_cache_and_totals() -> None:
     assert stats["caches"]["a"]["hits"] == 1
     totals = stats["totals"]
     assert totals["size"] == 1
-    assert totals["bytes"] == sys.getsizeof("v")
+    assert totals["bytes"] == default_sizeof("v")
     assert (totals["hits"], totals["misses"], totals["hit_rate"]) == (1, 1, 0.5)
     assert totals["max_total_bytes"] == 1_000_000
     assert (totals["evictions"], totals["expirations"]) == (0, 0)
@@ -89,7 +99,7 @@ def test_managed_caches_track_bytes_even_without_a_budget() -> None:
     manager = CacheManager()
     cache = manager.create_cache("a")
     cache.set("k", "value")
-    assert manager.total_bytes() == sys.getsizeof("value")
+    assert manager.total_bytes() == default_sizeof("value")
     assert cache._grow_hook is None  # no budget: no notification cost
 
 
@@ -151,11 +161,14 @@ def test_set_budget_enforces_at_once_and_none_removes_it() -> None:
     assert manager.total_bytes() == 16
 
 
-@pytest.mark.parametrize("budget", [0, -1, 1.5, True, "10"])
-def test_invalid_budgets_are_rejected(budget: Any) -> None:
-    with pytest.raises(ValueError, match="max_total_bytes must be an int >= 1 or None"):
+@pytest.mark.parametrize(
+    ("budget", "error"),
+    [(0, ValueError), (-1, ValueError), (1.5, TypeError), (True, TypeError), ("10", TypeError)],
+)
+def test_invalid_budgets_are_rejected(budget: Any, error: type[Exception]) -> None:
+    with pytest.raises(error, match="max_total_bytes must be an int >= 1 or None"):
         CacheManager(max_total_bytes=budget)
-    with pytest.raises(ValueError, match="max_total_bytes must be an int >= 1 or None"):
+    with pytest.raises(error, match="max_total_bytes must be an int >= 1 or None"):
         CacheManager().set_budget(budget)
 
 

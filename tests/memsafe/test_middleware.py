@@ -440,18 +440,22 @@ def test_reset_forgets_figures_and_alerts() -> None:
 
 
 @pytest.mark.parametrize(
-    ("kwargs", "match"),
+    ("kwargs", "error", "match"),
     [
-        ({"alert_delta_mb": 0}, "alert_delta_mb must be None"),
-        ({"alert_rss_mb": -5.0}, "alert_rss_mb must be None"),
-        ({"max_routes": 0}, "max_routes must be an int >= 1, got 0"),
-        ({"max_alerts": True}, "max_alerts must be an int >= 1"),
-        ({"max_alerts": 2.5}, "max_alerts must be an int >= 1"),
-        ({"alert_log_interval_seconds": -1}, "alert_log_interval_seconds must be >= 0"),
+        ({"alert_delta_mb": 0}, ValueError, "alert_delta_mb must be None or a number > 0"),
+        ({"alert_rss_mb": -5.0}, ValueError, "alert_rss_mb must be None or a number > 0"),
+        ({"alert_rss_mb": "5"}, TypeError, "alert_rss_mb must be None or a number > 0"),
+        ({"max_routes": 0}, ValueError, "max_routes must be an int >= 1, got 0"),
+        ({"max_alerts": True}, TypeError, "max_alerts must be an int >= 1"),
+        ({"max_alerts": 2.5}, TypeError, "max_alerts must be an int >= 1"),
+        ({"alert_log_interval_seconds": -1}, ValueError, "must be a number >= 0"),
+        ({"rss_probe": 3}, TypeError, "rss_probe must be callable, got 3"),
     ],
 )
-def test_invalid_settings_are_rejected(kwargs: dict[str, Any], match: str) -> None:
-    with pytest.raises(ValueError, match=match):
+def test_invalid_settings_are_rejected(
+    kwargs: dict[str, Any], error: type[Exception], match: str
+) -> None:
+    with pytest.raises(error, match=match):
         MemoryMonitor(**kwargs)
 
 
