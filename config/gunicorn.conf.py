@@ -16,7 +16,11 @@ if str(_ROOT) not in sys.path:
 from app.core.config import SettingsError, load_settings  # noqa: E402  (needs sys.path above)
 from app.core.logging import HANDLER_NAME, LOG_FORMAT  # noqa: E402
 
-WORKER_CLASSES = {"asgi": "asgi", "uvicorn": "uvicorn_worker.UvicornWorker"}
+WORKER_CLASSES = {
+    "guarded": "app.server.worker.GuardedASGIWorker",
+    "asgi": "asgi",
+    "uvicorn": "uvicorn_worker.UvicornWorker",
+}
 DEFAULT_PORT = 8000
 
 
@@ -48,6 +52,9 @@ worker_class = WORKER_CLASSES[_server.worker_class]
 timeout = _server.timeout_seconds
 graceful_timeout = _server.graceful_timeout_seconds
 keepalive = _server.keepalive_seconds
+# gunicorn's own asgi worker ignores worker_connections; the guarded worker applies
+# server.max_connections (lowered below RLIMIT_NOFILE) itself. Set here so both agree.
+worker_connections = _server.max_connections
 max_requests = _server.max_requests
 max_requests_jitter = _server.max_requests_jitter
 preload_app = _server.preload
