@@ -11,7 +11,7 @@ PORT ?= 8000
 IMAGE ?= render-memsafe-template
 
 .PHONY: help install run dev test test-fast lint fmt typecheck check bench bench-http \
-        bench-middleware loadtest emulate docker-build docker-run lock clean
+        bench-middleware bench-slowloris loadtest emulate docker-build docker-run lock clean
 
 help: ## Show this help
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | \
@@ -79,6 +79,9 @@ bench-http: $(STAMP) ## req/s and p50/p99 of /users/{id} cache hits against a ba
 
 bench-middleware: $(STAMP) ## Per-request cost of MemoryMonitorMiddleware against BaseHTTPMiddleware
 	$(BIN)/python -m benchmarks.bench_middleware
+
+bench-slowloris: $(STAMP) ## 1,200 slowloris connections vs one worker at nofile 1024: /health, deadline, RSS (WORKER_CLASS=guarded)
+	$(BIN)/python -m benchmarks.bench_slowloris $(if $(WORKER_CLASS),--worker-class $(WORKER_CLASS))
 
 lock: ## Re-pin requirements/*.lock from pyproject.toml (needs uv: pip install uv)
 	uv pip compile pyproject.toml --python-version 3.11 --generate-hashes -o requirements/base.lock

@@ -295,7 +295,7 @@ def run(args: argparse.Namespace) -> Result:
             worker = _worker(server)
             for _ in range(20):
                 http_get(port, "/health")
-            time.sleep(2.0)
+            time.sleep(args.warm_seconds)
             baseline = statistics.median(worker.memory_info().rss / MIB for _ in range(5))
             log_start = server.log_path.stat().st_size
 
@@ -379,6 +379,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--deadline-tolerance", type=float, default=2.0, help="seconds of slack")
     parser.add_argument("--probe-interval", type=float, default=0.5, help="seconds")
     parser.add_argument("--settle", type=float, default=30.0, help="seconds for RSS to return")
+    parser.add_argument("--warm-seconds", type=float, default=2.0, help="quiet before baseline")
     parser.add_argument("--port", type=int, default=0, help="0 = a free port")
     parser.add_argument(
         "--server-env", action="append", default=[], help="KEY=VALUE for the server"
