@@ -87,7 +87,7 @@ async def _slow_connection(
                 reader, writer = await asyncio.wait_for(
                     asyncio.open_connection(HOST, port), CONNECT_TIMEOUT_SECONDS
                 )
-        except (OSError, asyncio.TimeoutError):
+        except (TimeoutError, OSError):
             stats.connect_failures += 1
             continue
         stats.connects += 1
@@ -194,9 +194,7 @@ def _nofile_preexec(nofile: int) -> Callable[[], None]:
     return preexec
 
 
-def start(
-    data_dir: Path, port: int, nofile: int, worker_class: str, env: dict[str, str]
-) -> Server:
+def start(data_dir: Path, port: int, nofile: int, worker_class: str, env: dict[str, str]) -> Server:
     """gunicorn with one worker, RLIMIT_NOFILE = nofile (soft and hard), bound to 127.0.0.1."""
     server_env = {k: v for k, v in os.environ.items() if not k.startswith("APP_")}
     server_env.update(
@@ -221,7 +219,7 @@ def start(
             env=server_env,
             stdout=log,
             stderr=subprocess.STDOUT,
-            preexec_fn=_nofile_preexec(nofile),  # noqa: PLW1509  (setrlimit needs it)
+            preexec_fn=_nofile_preexec(nofile),
         )
     return Server(process, port, log_path)
 
@@ -307,9 +305,7 @@ def run(args: argparse.Namespace) -> Result:
             sampler = Sampler(worker)
             with sampler.running():
                 prober.start()
-                stats = asyncio.run(
-                    attack(port, args.connections, args.interval, args.duration)
-                )
+                stats = asyncio.run(attack(port, args.connections, args.interval, args.duration))
                 stop.set()
                 prober.join()
             rss_after, settle = _settle_rss(worker, baseline, args.settle)
@@ -393,7 +389,7 @@ def main(argv: list[str] | None = None) -> int:
     _raise_own_nofile(args.connections + 256)
     result = run(args)
     for key, value in asdict(result).items():
-        print(f"{key:<28} {value}")  # noqa: T201  (a benchmark's report)
+        print(f"{key:<28} {value}")
     if args.json:
         args.json.write_text(json.dumps(asdict(result), indent=2))
     return 0 if result.passed else 1
