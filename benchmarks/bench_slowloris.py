@@ -236,8 +236,12 @@ def _worker(server: Server) -> psutil.Process:
 
 
 def _settle_rss(worker: psutil.Process, baseline: float, seconds: float) -> tuple[float, float]:
-    """Poll RSS until within tolerance of baseline or `seconds` pass; (rss MiB, seconds taken)."""
+    """RSS after a 3 s pause, then polled until within tolerance or `seconds` pass.
+
+    Returns (rss MiB, seconds taken). The pause lets the worker act on the closes first.
+    """
     started = time.monotonic()
+    time.sleep(min(3.0, seconds))
     rss = worker.memory_info().rss / MIB
     while time.monotonic() - started < seconds:
         rss = worker.memory_info().rss / MIB
