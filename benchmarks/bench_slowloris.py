@@ -359,7 +359,8 @@ def run(args: argparse.Namespace) -> Result:
     )
 
 
-def _raise_own_nofile(needed: int) -> None:
+def raise_own_nofile(needed: int) -> None:
+    """Raise this process's soft fd limit to `needed` (up to the hard limit): one fd a client."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft < needed:
         limit = needed if hard == resource.RLIM_INFINITY else min(needed, hard)
@@ -390,7 +391,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    _raise_own_nofile(args.connections + 256)
+    raise_own_nofile(args.connections + 256)
     result = run(args)
     for key, value in asdict(result).items():
         print(f"{key:<28} {value}")

@@ -27,7 +27,7 @@ SMALL_ATTACK = [
 
 
 def _attack(worker_class: str) -> bench_slowloris.Result:
-    bench_slowloris._raise_own_nofile(1024)
+    bench_slowloris.raise_own_nofile(1024)
     return bench_slowloris.run(
         bench_slowloris.parse_args([*SMALL_ATTACK, "--worker-class", worker_class])
     )
