@@ -96,7 +96,7 @@ class GuardedProtocol(ASGIProtocol):  # type: ignore[misc]  # gunicorn ships no 
         # The parser holds bound methods of this protocol and the body receiver holds the
         # protocol: reference cycles that only a full gc pass frees. A slow connection lives
         # long enough to reach gc's oldest generation, and an idle worker runs no gc at all,
-        # so each such connection kept ~6 KiB of RSS (+26 MiB after 7,700 of them). Cutting
+        # so such connections kept +26 MiB of RSS after 7,700 of them (bench_slowloris). Cutting
         # the cycles here lets reference counting free the connection at once.
         self._callback_parser = None
         self._body_receiver = None
