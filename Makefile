@@ -14,8 +14,8 @@ HOST := 127.0.0.1
 IMAGE ?= render-memsafe-template
 
 .PHONY: help install run dev test test-fast lint fmt typecheck check bench bench-http \
-        bench-middleware bench-recycle bench-sizeof loadtest emulate leak-report browser \
-        docker-build docker-run lock clean chaos
+        bench-middleware bench-recycle bench-sizeof bench-slowloris loadtest emulate leak-report \
+        browser docker-build docker-run lock clean chaos
 
 help: ## Show this help
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | \
@@ -120,6 +120,9 @@ bench-middleware: $(STAMP) ## Per-request cost of MemoryMonitorMiddleware agains
 
 bench-sizeof: $(STAMP) ## memsafe's default byte estimate against RSS growth per cached entry
 	$(BIN)/python -m benchmarks.bench_sizeof
+
+bench-slowloris: $(STAMP) ## 1,200 slowloris connections vs one worker at nofile 1024: /health, deadline, RSS (WORKER_CLASS=guarded)
+	$(BIN)/python -m benchmarks.bench_slowloris $(if $(WORKER_CLASS),--worker-class $(WORKER_CLASS))
 
 lock: ## Re-pin requirements/*.lock from pyproject.toml (needs uv: pip install uv)
 	uv pip compile pyproject.toml --python-version 3.11 --generate-hashes -o requirements/base.lock

@@ -250,7 +250,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--connections", type=int, default=8, help="keep-alive connections")
     parser.add_argument("--workers", type=int, default=1, help="workers for the throughput runs")
     parser.add_argument(
-        "--classes", default="asgi,uvicorn", help="worker classes to compare, comma-separated"
+        "--classes",
+        default="guarded,asgi,uvicorn",
+        help="worker classes to compare, comma-separated",
     )
     args = parser.parse_args(argv)
     print(

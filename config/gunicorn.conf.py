@@ -18,7 +18,11 @@ from app.core.config import SettingsError, load_settings  # noqa: E402  (needs s
 from app.core.logging import HANDLER_NAME, LOG_FORMAT  # noqa: E402
 
 BOOT_ERROR_EXIT_CODE = 3  # gunicorn's WORKER_BOOT_ERROR: the app cannot start
-WORKER_CLASSES = {"asgi": "asgi", "uvicorn": "uvicorn_worker.UvicornWorker"}
+WORKER_CLASSES = {
+    "guarded": "app.server.worker.GuardedASGIWorker",
+    "asgi": "asgi",
+    "uvicorn": "uvicorn_worker.UvicornWorker",
+}
 DEFAULT_PORT = 8000
 # Render (and the image) must listen on every interface; `make run` sets HOST=127.0.0.1 so a
 # laptop does not serve its LAN.
@@ -62,6 +66,9 @@ worker_class = WORKER_CLASSES[_server.worker_class]
 timeout = _server.timeout_seconds
 graceful_timeout = _server.graceful_timeout_seconds
 keepalive = _server.keepalive_seconds
+# gunicorn's own asgi worker ignores worker_connections; the guarded worker applies
+# server.max_connections (lowered below RLIMIT_NOFILE) itself. Set here so both agree.
+worker_connections = _server.max_connections
 max_requests = _server.max_requests
 max_requests_jitter = _server.max_requests_jitter
 preload_app = _server.preload

@@ -21,7 +21,10 @@ STOP_ACCEPTING_GRACE_SECONDS: Final = 0.5
 # gunicorn's own workers (sync, gthread, gevent, tornado, asgi) leave their serving loop when
 # worker.alive turns False, then drain in-flight requests. Anything else (uvicorn_worker's
 # UvicornWorker runs uvicorn's Server, which never reads worker.alive) gets SIGTERM instead.
+# Subclasses of gunicorn's workers count (they inherit the loop); gunicorn.workers.base.Worker
+# alone does not: UvicornWorker derives from it straight.
 _ALIVE_FLAG_MODULE_PREFIX: Final = "gunicorn.workers."
+_BASE_WORKER_MODULE: Final = "gunicorn.workers.base"
 
 
 class _ProcessState:
@@ -58,8 +61,12 @@ if hasattr(os, "register_at_fork"):
 
 
 def _honours_alive_flag(worker: object) -> bool:
-    """True when ``worker`` is one of gunicorn's own classes, which poll ``worker.alive``."""
-    return type(worker).__module__.startswith(_ALIVE_FLAG_MODULE_PREFIX)
+    """True when ``worker`` is (a subclass of) one of gunicorn's own classes (they poll alive)."""
+    return any(
+        cls.__module__.startswith(_ALIVE_FLAG_MODULE_PREFIX)
+        and cls.__module__ != _BASE_WORKER_MODULE
+        for cls in type(worker).__mro__
+    )
 
 
 def record_worker(worker: object) -> None:

@@ -86,7 +86,7 @@ class ServerSettings(_Section):
     """How gunicorn serves the app (read by config/gunicorn.conf.py)."""
 
     workers: int = Field(default=1, ge=1, le=32)
-    worker_class: Literal["asgi", "uvicorn"] = "asgi"
+    worker_class: Literal["guarded", "asgi", "uvicorn"] = "guarded"
     timeout_seconds: int = Field(default=30, ge=5, le=600)
     graceful_timeout_seconds: int = Field(default=20, ge=1, le=300)
     keepalive_seconds: int = Field(default=5, ge=0, le=300)
@@ -97,6 +97,28 @@ class ServerSettings(_Section):
     recycle_overlap_max_workers: int = Field(default=1, ge=0, le=32)
     preload: bool = True
     forwarded_allow_ips: str = "127.0.0.1"
+    # Slowloris and connection exhaustion (issue 10 section 2); applied by the "guarded" worker.
+    head_timeout_seconds: float = Field(
+        default=10.0,
+        gt=0.0,
+        le=300.0,
+        description="Seconds from accept until a request head must be complete (total, not per "
+        "byte); past it the client gets 408 and the connection closes.",
+    )
+    max_connections: int = Field(
+        default=768,
+        ge=1,
+        le=1_000_000,
+        description="Open connections per worker; lowered at start-up below RLIMIT_NOFILE minus "
+        "160 reserved fds. At the cap the longest-waiting idle connection is shed.",
+    )
+    refusal_log_interval_seconds: float = Field(
+        default=10.0,
+        ge=1.0,
+        le=3600.0,
+        description="Seconds between two log lines counting refused and shed connections, head "
+        "timeouts and accept() errors (at most one line per interval).",
+    )
 
 
 class CacheSettings(_Section):

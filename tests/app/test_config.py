@@ -34,7 +34,7 @@ def test_code_defaults_fill_missing_keys(tmp_path: Path) -> None:
     path = tmp_path / "empty.yaml"
     path.write_text("# nothing set\n")
     settings = load_settings(path)
-    assert settings.server.worker_class == "asgi"
+    assert settings.server.worker_class == "guarded"
     assert settings.payload.max_size_kib == 1024
 
 

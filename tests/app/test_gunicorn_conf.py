@@ -37,7 +37,8 @@ def test_conf_reads_the_profile(
     conf = _load(monkeypatch, str(path), PORT="8123")
     assert conf["bind"] == ["0.0.0.0:8123"]
     assert conf["workers"] == 3
-    assert conf["worker_class"] == "asgi"
+    assert conf["worker_class"] == "app.server.worker.GuardedASGIWorker"
+    assert conf["worker_connections"] == 768
     assert (conf["max_requests"], conf["max_requests_jitter"]) == (1000, 100)
     assert conf["timeout"] == 30
     assert conf["graceful_timeout"] == 20

@@ -164,6 +164,15 @@ def test_gunicorn_workers_honour_alive_and_uvicorn_worker_does_not() -> None:
     assert not _worker._honours_alive_flag(object())
 
 
+def test_a_subclass_of_a_gunicorn_worker_honours_alive() -> None:
+    # As the template's app.server.worker.GuardedASGIWorker is: defined outside gunicorn.
+    class GuardedLikeWorker(ASGIWorker):  # type: ignore[misc]  # gunicorn has no type hints
+        pass
+
+    GuardedLikeWorker.__module__ = "app.server.worker"
+    assert _worker._honours_alive_flag(object.__new__(GuardedLikeWorker))
+
+
 def test_exit_of_a_gunicorn_worker_clears_alive(caplog: pytest.LogCaptureFixture) -> None:
     worker = GunicornLikeWorker()
     recycle.record_worker(worker)
