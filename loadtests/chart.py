@@ -12,8 +12,9 @@ matplotlib.use("Agg")  # no display: CI and servers
 
 import matplotlib.pyplot as plt
 
-from loadtests.guard import MIB, MemorySample, Verdict
+from loadtests.guard import MemorySample
 from loadtests.thresholds import LoadSettings, Plan
+from loadtests.verdict import MIB, Verdict
 
 
 def render_chart(

@@ -1,0 +1,163 @@
+"""The figures of a calibration: each recorded run judged again by the current verdict code."""
+
+from __future__ import annotations
+
+import json
+import math
+import statistics
+from collections import defaultdict
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from loadtests.locust_io import read_locust_results
+from loadtests.report import read_memory_csv, relative_history
+from loadtests.thresholds import DEFAULT_THRESHOLDS_PATH, read_config, resolve_settings
+from loadtests.trend import FAIL, INCONCLUSIVE, PASS
+from loadtests.verdict import SLOPE_CRITERION, RunFacts, Verdict, judge
+
+
+@dataclass(frozen=True)
+class JudgedRun:
+    """One recorded run and its verdict under the current code."""
+
+    case: str
+    duration: float
+    verdict: Verdict
+    recorded_exit_code: int
+    wall_seconds: float
+    loadavg: tuple[float, ...]
+    window_minutes: float
+
+    @property
+    def detectable_mb_per_min(self) -> float:
+        """The smallest linear leak this run would have FAILed had it been added to it.
+
+        Theil-Sen is equivariant: adding r MB/min to every sample shifts every pairwise slope,
+        so the slope and both bounds, by exactly r and leaves the residuals alone. FAIL needs
+        low + r > limit and (slope + r) * window > noise floor.
+        """
+        trend = self.verdict.trends[SLOPE_CRITERION]
+        limit = _limit(self.verdict)
+        if trend.interval is None or not math.isfinite(trend.interval.low):
+            return math.inf
+        by_interval = limit - trend.interval.low
+        by_floor = trend.noise_floor_mb / self.window_minutes - trend.interval.slope
+        return max(by_interval, by_floor, 0.0)
+
+
+def _limit(verdict: Verdict) -> float:
+    criterion = next(c for c in verdict.criteria if c.name == SLOPE_CRITERION)
+    return criterion.limit or 0.0
+
+
+def judge_run_dir(run_dir: Path, config: Mapping[str, Any]) -> tuple[Verdict, float]:
+    """Judge one report directory again from memory.csv, the Locust CSVs and summary.json."""
+    summary = json.loads((run_dir / "summary.json").read_text())
+    samples, _ = read_memory_csv(run_dir / "memory.csv")
+    results = read_locust_results(run_dir / "locust")
+    counts = relative_history(results.history, samples)
+    old = summary["settings"]
+    settings = resolve_settings(
+        config, profile=summary.get("profile") or "starter",
+        cli={"duration_seconds": old["duration_seconds"], "users": old["users"],
+             "spawn_rate": old["spawn_rate"], "warmup_fraction": old["warmup_fraction"]},
+    )  # fmt: skip
+    oom = next((c["value"] for c in summary["criteria"] if c["name"].startswith("server alive")), 0)
+    facts = RunFacts(
+        samples=samples,
+        duration_seconds=settings.duration_seconds,
+        load_start_seconds=float(summary.get("load_start_seconds") or 0.0),
+        requests=results.requests,
+        failures=results.failures,
+        p50_ms=results.p50_ms,
+        p95_ms=results.p95_ms,
+        p99_ms=results.p99_ms,
+        rps=results.rps,
+        health_checks=results.health_checks,
+        health_failures=results.health_failures,
+        health_max_ms=results.health_max_ms,
+        request_counts=counts,
+        oom_kills=int(oom or 0),
+        fatal_reason=summary.get("fatal_reason"),
+        locust_exit_code=summary.get("locust_exit_code"),
+        recycles=int(summary["reported"].get("recycles") or 0),
+        hit_rate=summary["reported"].get("hit_rate"),
+    )
+    window = settings.duration_seconds * (1 - settings.warmup_fraction) / 60
+    return judge(facts, settings), window
+
+
+def load_runs(calibration_dir: Path) -> list[JudgedRun]:
+    """Every run listed in runs.jsonl that left a summary, judged again."""
+    config = read_config(DEFAULT_THRESHOLDS_PATH)
+    runs: list[JudgedRun] = []
+    for line in (calibration_dir / "runs.jsonl").read_text().splitlines():
+        record = json.loads(line)
+        run_dir = Path(record["run_dir"]) if record.get("run_dir") else None
+        if run_dir is None or not (run_dir / "summary.json").exists():
+            print(f"calibrate: {record['case']}: no report (exit {record['exit_code']})")
+            continue
+        verdict, window = judge_run_dir(run_dir, config)
+        runs.append(
+            JudgedRun(
+                case=record["case"], duration=float(record["duration"]), verdict=verdict,
+                recorded_exit_code=int(record["exit_code"]),
+                wall_seconds=float(record["wall_seconds"]),
+                loadavg=tuple(record.get("loadavg_after") or ()), window_minutes=window,
+            )
+        )  # fmt: skip
+    return runs
+
+
+def _interval_text(run: JudgedRun) -> str:
+    trend = run.verdict.trends[SLOPE_CRITERION]
+    if trend.interval is None:
+        return "n/a"
+    i = trend.interval
+    return f"{i.slope:+.2f} [{i.low:+.2f},{i.high:+.2f}]"
+
+
+def print_figures(calibration_dir: Path) -> int:
+    """Print per-case verdict counts, intervals, detectable leak rates and machine load."""
+    runs = load_runs(calibration_dir)
+    by_case: dict[str, list[JudgedRun]] = defaultdict(list)
+    for run in runs:
+        by_case[run.case].append(run)
+    print(f"\ncalibration {calibration_dir}: {len(runs)} runs judged by the current verdict")
+    header = (
+        f"{'case':<28} {'runs':>4} {'PASS':>4} {'FAIL':>4} {'INCONC':>6}  slope MB/min [95% CI]"
+    )
+    print(header)
+    print("-" * len(header))
+    for case, items in by_case.items():
+        tally = {
+            r: sum(1 for x in items if x.verdict.result == r) for r in (PASS, FAIL, INCONCLUSIVE)
+        }
+        intervals = "; ".join(_interval_text(x) for x in items)
+        intervals = "; ".join(_interval_text(x) for x in items)
+        print(f"{case:<28} {len(items):>4} {tally[PASS]:>4} {tally[FAIL]:>4} "
+              f"{tally[INCONCLUSIVE]:>6}  {intervals}")  # fmt: skip
+        failed = sorted({c.name for x in items for c in x.verdict.criteria if c.result == FAIL})
+        if failed:
+            print(f"{'':<28} criteria that FAILed: {', '.join(failed)}")
+        suggested = [x.verdict.suggested_duration_seconds for x in items]
+        suggested = [s for s in suggested if s]
+        if suggested:
+            print(f"{'':<28} INCONCLUSIVE runs were told to run "
+                  f"{', '.join(f'{s / 60:.0f}' for s in suggested)} min")  # fmt: skip
+    print("\nminimum detectable leak (whole tree, MB/min) that FAILs a healthy run, by duration:")
+    for case, items in by_case.items():
+        if not case.startswith("healthy"):
+            continue
+        rates = sorted(x.detectable_mb_per_min for x in items)
+        worst = rates[-1]
+        print(f"  {case:<14} median {statistics.median(rates):.2f}, "
+              f"in all {len(rates)} runs {worst:.2f}  (per run: "
+              + ", ".join(f"{r:.2f}" for r in rates) + ")")  # fmt: skip
+    loads = [x.loadavg[0] for x in runs if x.loadavg]
+    if loads:
+        print(f"\nmachine load (1-min load average after each run, 2 cores): median "
+              f"{statistics.median(loads):.2f}, max {max(loads):.2f}")  # fmt: skip
+    return 0
