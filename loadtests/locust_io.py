@@ -18,6 +18,7 @@ from loadtests.server import HOST, REPO_ROOT, stop_process
 from loadtests.thresholds import LoadSettings
 
 HEALTH_NAME = "health poller"  # the poller's request name in loadtests/locustfile.py
+CACHE_TALLY_FILE = "cache_by_scenario.json"  # written by the locustfile when Locust quits
 PROGRESS_SECONDS = 5.0  # one progress line this often during the load
 
 
@@ -51,6 +52,7 @@ def start_locust(
         "LOADTEST_PAYLOAD_MAX_KIB": str(payload_kib),
         "LOADTEST_MAX_HEALTH_MS": f"{settings.max_health_ms:g}",
         "LOADTEST_HEALTH_INTERVAL_SECONDS": f"{settings.health_interval_seconds:g}",
+        "LOADTEST_CACHE_TALLY_PATH": str(out_dir / CACHE_TALLY_FILE),
     }
     with (out_dir / "locust.log").open("wb") as log:
         return subprocess.Popen(

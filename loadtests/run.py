@@ -25,10 +25,17 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from loadtests.emulate import Emulation, emulate
-from loadtests.guard import TreeSampler
-from loadtests.locust_io import read_live_counts, read_locust_results, start_locust, wait_locust
+from loadtests.guard import MemorySample, TreeSampler
+from loadtests.locust_io import (
+    CACHE_TALLY_FILE,
+    read_live_counts,
+    read_locust_results,
+    start_locust,
+    wait_locust,
+)
 from loadtests.prefill import PrefillResult, run_prefill, store_user_ids
 from loadtests.report import build_summary, relative_history, write_memory_csv
+from loadtests.scenario_hits import read_tally, scenario_rates
 from loadtests.server import (
     REPO_ROOT,
     CacheReport,
@@ -39,6 +46,7 @@ from loadtests.server import (
     server_env,
     start_server,
     stop_process,
+    users_cache_policy,
     wait_ready,
 )
 from loadtests.stats import theil_sen
@@ -282,6 +290,35 @@ def main(argv: Sequence[str] | None = None) -> int:
     return _judge_and_report(settings, out, args=args, out_dir=out_dir, started=started)
 
 
+def _scenario_hit_rates(
+    out_dir: Path, samples: Sequence[MemorySample], load_start: float, window_start: float
+) -> dict[str, float | int | None]:
+    """Hot and cold hit rates from the X-Cache answers: whole load and after warm-up."""
+    tally = read_tally(out_dir / CACHE_TALLY_FILE)
+    if not tally or not samples:
+        return {}
+    epoch_zero = samples[0].epoch_seconds - samples[0].t_seconds
+    figures: dict[str, float | int | None] = {}
+    for label, since in (("load", load_start), ("window", window_start)):
+        for scenario, rate in scenario_rates(tally, since_epoch=epoch_zero + since).items():
+            figures[f"{scenario}_hit_rate_{label}"] = rate.rate
+            figures[f"{scenario}_answers_{label}"] = rate.hits + rate.misses
+    return figures
+
+
+def _scenario_line(figures: dict[str, float | int | None], policy: str, total: float | None) -> str:
+    def rate(key: str) -> str:
+        value = figures.get(key)
+        return "n/a" if not isinstance(value, float) else f"{value:.3f}"
+
+    return (
+        f"cache hit rate by scenario (X-Cache, users cache policy={policy}): "
+        f"hot {rate('hot_hit_rate_load')} / cold scan {rate('cold_hit_rate_load')} over the load; "
+        f"hot {rate('hot_hit_rate_window')} / cold {rate('cold_hit_rate_window')} after warm-up; "
+        f"server counters, all requests: {'n/a' if total is None else f'{total:.3f}'}"
+    )
+
+
 def _judge_and_report(
     settings: LoadSettings,
     out: Outcome,
@@ -324,6 +361,11 @@ def _judge_and_report(
     )
     verdict = judge(facts, settings)
     verdict.info["cache_fill"] = out.caches.fill
+    by_scenario = _scenario_hit_rates(out_dir, samples, load_start, verdict.window_start_seconds)
+    policy = users_cache_policy(args.profile, server_env(args.profile, 0, args.server_env))
+    verdict.info["users_cache_policy"] = policy
+    for key, value in by_scenario.items():
+        verdict.info[key] = value
     verdict.info["server_exit_code"] = out.server_exit
     if out.prefill is not None:
         verdict.info["prefill_requests"] = out.prefill.requests
@@ -339,6 +381,7 @@ def _judge_and_report(
             "elapsed_seconds": round(elapsed, 1),
             "cache_workers_reached": out.caches.workers,
             "cache_fill": out.caches.fill,
+            "cache_by_scenario": by_scenario,
             "prefill": out.prefill.as_summary() if out.prefill else None,
             "load_start_seconds": load_start,
             "limit_hits": sampler.limit_hits if sampler else 0,
@@ -354,6 +397,7 @@ def _judge_and_report(
             out_dir / "memory.png", samples, verdict, settings, plan=out.plan, request_counts=counts
         )
     print(format_table(verdict))
+    print(_scenario_line(by_scenario, policy, out.caches.hit_rate))
     slope_failed = any(c.result != "PASS" and c.name == SLOPE_CRITERION for c in verdict.criteria)
     fill = out.caches.fill
     if slope_failed and fill is not None and fill < 0.95:

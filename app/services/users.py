@@ -39,7 +39,15 @@ class UserDataService:
         return user  # type: ignore[no-any-return]  # cache values are User | None
 
     async def get_user_async(self, user_id: int) -> User | None:
-        """get_user for async endpoints; a miss reads SQLite inline unless offload_reads.
+        """get_user for async endpoints; a miss reads SQLite inline unless offload_reads."""
+        user, _ = await self.lookup_async(user_id)
+        return user
+
+    async def lookup_async(self, user_id: int) -> tuple[User | None, bool]:
+        """The user (None when unknown) and whether the cache served it (True) or the store.
+
+        The route reports the second value as the X-Cache response header, so a client (the
+        load test) can count hits per scenario from what the server did.
 
         Measured here (benchmarks/bench_http.py notes): a primary-key read of the seeded store
         takes ~8 us on the event loop, while the threadpool hop alone costs ~100 us. Inline
@@ -47,13 +55,14 @@ class UserDataService:
         reads to the threadpool for a store on a slow or network disk.
         """
         user = self.cache.get(user_id, _MISSING)
-        if user is _MISSING:
-            if self.offload_reads:
-                user = await run_in_threadpool(self.store.get_user, user_id)
-            else:
-                user = self.store.get_user(user_id)
-            self.cache.set(user_id, user)
-        return user  # type: ignore[no-any-return]  # cache values are User | None
+        if user is not _MISSING:
+            return user, True  # cache values are User | None
+        if self.offload_reads:
+            user = await run_in_threadpool(self.store.get_user, user_id)
+        else:
+            user = self.store.get_user(user_id)
+        self.cache.set(user_id, user)
+        return user, False
 
     def stats(self) -> dict[str, Any]:
         """The cache's stats (hits, misses, evictions, size, bytes, hit_rate)."""
