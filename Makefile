@@ -60,7 +60,8 @@ LT_ARGS = $(if $(DURATION),--duration $(DURATION)) $(if $(USERS),--users $(USERS
   $(if $(SPAWN_RATE),--spawn-rate $(SPAWN_RATE)) $(if $(PLAN),--plan $(PLAN)) \
   $(if $(MAX_RSS_MB),--max-rss-mb $(MAX_RSS_MB)) \
   $(if $(MAX_SLOPE_MB_PER_MIN),--max-slope-mb-per-min $(MAX_SLOPE_MB_PER_MIN)) \
-  $(if $(MAX_P95_MS),--max-p95-ms $(MAX_P95_MS)) $(if $(SMOKE),--smoke)
+  $(if $(MAX_P95_MS),--max-p95-ms $(MAX_P95_MS)) $(if $(CONFIDENCE),--confidence $(CONFIDENCE)) \
+  $(if $(MIN_GROWTH_MB),--min-growth-mb $(MIN_GROWTH_MB)) $(if $(SMOKE),--smoke)
 
 loadtest: $(STAMP) ## Load-test the real server, judge its memory: exit 0 PASS, 1 FAIL, 3 INCONCLUSIVE (PROFILE=starter DURATION=2m PLAN= SMOKE=1)
 ifdef SMOKE

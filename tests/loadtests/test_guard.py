@@ -9,17 +9,17 @@ from pathlib import Path
 import pytest
 
 from loadtests.cgroups import CgroupFiles, cgroup_of
-from loadtests.guard import (
+from loadtests.guard import MemorySample
+from loadtests.thresholds import LoadSettings
+from loadtests.verdict import (
     MIB,
     MIN_WINDOW_SAMPLES,
     Criterion,
-    MemorySample,
     RunFacts,
     format_table,
     judge,
     requests_at,
 )
-from loadtests.thresholds import LoadSettings
 
 LIMITS = LoadSettings(duration_seconds=100, warmup_fraction=0.5, max_rss_mb=400)
 
@@ -81,8 +81,11 @@ def test_a_leak_fails_slope_and_growth_with_the_true_rates() -> None:
     assert not verdict.passed
     assert got["RSS slope after warm-up (Theil-Sen)"].value == pytest.approx(6.0)
     assert got["RSS growth per 1k requests"].value == pytest.approx(1.0)
-    assert not got["RSS slope after warm-up (Theil-Sen)"].passed
+    assert got["RSS slope after warm-up (Theil-Sen)"].result == "FAIL"
+    # Exactly at its 1 MB/1k limit: neither above nor below it with confidence.
+    assert got["RSS growth per 1k requests"].result == "INCONCLUSIVE"
     assert got["peak total RSS"].passed
+    assert (verdict.result, verdict.exit_code) == ("FAIL", 1)
 
 
 def test_warm_up_growth_is_ignored_but_counted_in_the_peak() -> None:
@@ -133,16 +136,39 @@ def test_each_criterion_can_fail_on_its_own(overrides: dict[str, object], failin
     assert failed == [failing]
 
 
-def test_too_few_samples_or_requests_fail_rather_than_pass() -> None:
+def test_too_few_samples_or_requests_are_inconclusive_never_pass() -> None:
     short = _samples(lambda t: 150.0, seconds=MIN_WINDOW_SAMPLES)
     verdict = judge(_facts(short), LIMITS)
     got = _by_name(verdict.criteria)
-    assert not got["RSS slope after warm-up (Theil-Sen)"].passed
+    assert got["RSS slope after warm-up (Theil-Sen)"].result == "INCONCLUSIVE"
     assert "need >=" in got["RSS slope after warm-up (Theil-Sen)"].detail
+    assert (verdict.result, verdict.exit_code) == ("INCONCLUSIVE", 3)
+    assert verdict.suggested_duration_seconds is not None
+    assert verdict.suggested_duration_seconds > LIMITS.duration_seconds
+    table = format_table(verdict)
+    assert "VERDICT: INCONCLUSIVE (exit 3)" in table
+    assert table.splitlines()[-1].startswith("next: run about ")
     idle = judge(_facts(_samples(lambda t: 150.0), request_counts=[(0.0, 0), (100.0, 50)]), LIMITS)
     growth = _by_name(idle.criteria)["RSS growth per 1k requests"]
-    assert not growth.passed
+    assert growth.result == "INCONCLUSIVE"
     assert growth.value is None
+
+
+def test_a_hard_failure_wins_over_an_inconclusive_trend() -> None:
+    short = _samples(lambda t: 150.0, seconds=MIN_WINDOW_SAMPLES)
+    verdict = judge(_facts(short, p95_ms=5000.0), LIMITS)
+    assert (verdict.result, verdict.exit_code) == ("FAIL", 1)
+
+
+def test_a_recycle_step_inside_the_window_adds_no_slope() -> None:
+    # One worker replaced at t=70: total RSS drops 8 MB for good (a max_requests recycle).
+    samples = _samples(lambda t: 150.0 if t < 70 else 142.0)
+    samples = [replace(s, worker_rss_bytes={101 if s.t_seconds < 70 else 202: 0}) for s in samples]
+    verdict = judge(_facts(samples), LIMITS)
+    slope = _by_name(verdict.criteria)["RSS slope after warm-up (Theil-Sen)"]
+    assert slope.value == pytest.approx(0.0)
+    assert verdict.passed, format_table(verdict)
+    assert verdict.info["window_segments"] == 2
 
 
 def test_no_samples_at_all_fails() -> None:
@@ -172,7 +198,7 @@ def test_table_lists_every_criterion_and_the_verdict() -> None:
     assert "p95 latency                          2500" in table
     assert "rps=1.23e+03" in table
     passing = format_table(judge(_facts(_samples(lambda t: 150.0)), LIMITS))
-    assert passing.splitlines()[-1] == "VERDICT: PASS (memory bounded)"
+    assert passing.splitlines()[-1].startswith("VERDICT: PASS (exit 0)")
 
 
 def test_cgroup_v1_counters_are_read_from_their_files(tmp_path: Path) -> None:
