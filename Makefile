@@ -86,7 +86,7 @@ bench-http: $(STAMP) ## req/s and p50/p99 of /users/{id} cache hits against a ba
 	$(BIN)/python -m benchmarks.bench_http
 
 bench-middleware: $(STAMP) ## Per-request cost of MemoryMonitorMiddleware against BaseHTTPMiddleware
-	$(BIN)/python -m benchmarks.bench_middleware
+	$(BIN)/python -m benchmarks.bench_middleware --check
 
 lock: ## Re-pin requirements/*.lock from pyproject.toml (needs uv: pip install uv)
 	uv pip compile pyproject.toml --python-version 3.11 --generate-hashes -o requirements/base.lock

@@ -17,6 +17,7 @@ import gc
 import itertools
 import random
 import statistics
+import sys
 import threading
 import time
 import tracemalloc
@@ -27,6 +28,7 @@ from typing import Any
 
 import cachetools
 
+from benchmarks.targets import report_targets
 from memsafe.cache import LRUCache
 
 ANCHOR = "cachetools.TTLCache+Lock"
@@ -245,7 +247,7 @@ def _fmt_ratio(value: float) -> str:
     return f"{value:.2f}x"
 
 
-def main(argv: list[str] | None = None) -> None:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--quick", action="store_true", help="a short run (fewer ops, 3 rounds)")
     parser.add_argument("--rounds", type=int, default=None, help="rounds (default 9, quick 3)")
@@ -355,9 +357,8 @@ def main(argv: list[str] | None = None) -> None:
         checks.append((f"{label} >= 0.95x baseline", speed, speed >= 0.95))
     size = bytes_per_entry[MEMSAFE_TTL]
     checks.append(("bytes/entry <= 190", size, size <= 190))
-    for label, value, ok in checks:
-        print(f"  {'PASS' if ok else 'FAIL'}  {label:<34} measured {value:.2f}")
+    return report_targets(checks)
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())
