@@ -5,7 +5,8 @@ Runs `python -m loadtests.run` again and again, as a user would, and counts the 
 - healthy template at each DURATION (false FAIL rate; PASS and INCONCLUSIVE counts);
 - `loadtests.leaky_app` at 64 KiB/request (detection rate of a fast leak);
 - a slow, time-driven leak of the whole tree (LEAKY_APP_BYTES_PER_SECOND) under a plan;
-- the minimum detectable leak rate per duration, from the healthy runs' slope intervals.
+- the minimum detectable leak rate per duration, from the healthy runs' slope intervals;
+- the hot-set and cold-scan cache hit rates of every run (X-Cache answers per scenario).
 
 Each run keeps its own report directory under the calibration directory; runs.jsonl lists
 them. `--judge DIR` re-reads a finished calibration and prints the figures again with the

@@ -29,6 +29,8 @@ class JudgedRun:
     wall_seconds: float
     loadavg: tuple[float, ...]
     window_minutes: float
+    by_scenario: Mapping[str, Any]  # summary.json's cache_by_scenario (X-Cache hit rates)
+    policy: str
 
     @property
     def detectable_mb_per_min(self) -> float:
@@ -100,12 +102,15 @@ def load_runs(calibration_dir: Path) -> list[JudgedRun]:
             print(f"calibrate: {record['case']}: no report (exit {record['exit_code']})")
             continue
         verdict, window = judge_run_dir(run_dir, config)
+        summary = json.loads((run_dir / "summary.json").read_text())
         runs.append(
             JudgedRun(
                 case=record["case"], duration=float(record["duration"]), verdict=verdict,
                 recorded_exit_code=int(record["exit_code"]),
                 wall_seconds=float(record["wall_seconds"]),
                 loadavg=tuple(record.get("loadavg_after") or ()), window_minutes=window,
+                by_scenario=summary.get("cache_by_scenario") or {},
+                policy=str(summary["reported"].get("users_cache_policy") or "lru"),
             )
         )  # fmt: skip
     return runs
@@ -156,8 +161,32 @@ def print_figures(calibration_dir: Path) -> int:
         print(f"  {case:<14} median {statistics.median(rates):.2f}, "
               f"in all {len(rates)} runs {worst:.2f}  (per run: "
               + ", ".join(f"{r:.2f}" for r in rates) + ")")  # fmt: skip
+    _print_hit_rates(by_case)
     loads = [x.loadavg[0] for x in runs if x.loadavg]
     if loads:
         print(f"\nmachine load (1-min load average after each run, 2 cores): median "
               f"{statistics.median(loads):.2f}, max {max(loads):.2f}")  # fmt: skip
     return 0
+
+
+def _print_hit_rates(by_case: Mapping[str, list[JudgedRun]]) -> None:
+    """Hot-set and cold-scan hit rates (X-Cache answers) per case: mean, spread, each run."""
+    for case, items in by_case.items():
+        tagged = [x for x in items if x.by_scenario.get("hot_hit_rate_load") is not None]
+        if not tagged:
+            continue
+        policies = ", ".join(sorted({x.policy for x in tagged}))
+        print(f"\ncache hit rate by scenario, {case} ({len(tagged)} runs, policy {policies}):")
+        for key, label in (
+            ("hot_hit_rate_load", "hot set, whole load (scan running)"),
+            ("hot_hit_rate_window", "hot set, after warm-up"),
+            ("cold_hit_rate_load", "cold scan, whole load"),
+            ("cold_hit_rate_window", "cold scan, after warm-up"),
+        ):
+            values = [
+                float(x.by_scenario[key]) for x in tagged if x.by_scenario.get(key) is not None
+            ]
+            if values:
+                spread = max(values) - min(values)
+                print(f"  {label:<36} mean {statistics.mean(values):.3f}  spread (max-min) "
+                      f"{spread:.3f}  runs: {', '.join(f'{v:.3f}' for v in values)}")  # fmt: skip
