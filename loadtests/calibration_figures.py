@@ -147,11 +147,14 @@ def print_figures(calibration_dir: Path) -> int:
         failed = sorted({c.name for x in items for c in x.verdict.criteria if c.result == FAIL})
         if failed:
             print(f"{'':<28} criteria that FAILed: {', '.join(failed)}")
-        suggested = [x.verdict.suggested_duration_seconds for x in items]
-        suggested = [s for s in suggested if s]
+        suggested = [
+            x.verdict.suggested_duration_seconds
+            for x in items
+            if x.verdict.result == INCONCLUSIVE and x.verdict.suggested_duration_seconds
+        ]
         if suggested:
             print(f"{'':<28} INCONCLUSIVE runs were told to run "
-                  f"{', '.join(f'{s / 60:.0f}' for s in suggested)} min")  # fmt: skip
+                  f"{', '.join(f'{(s or 0) / 60:.0f}' for s in suggested)} min")  # fmt: skip
     print("\nminimum detectable leak (whole tree, MB/min) that FAILs a healthy run, by duration:")
     for case, items in by_case.items():
         if not case.startswith("healthy"):
