@@ -106,7 +106,7 @@ def _check_real(
     _check(checks, "real server: summary.json written", summary is not None)
     if summary is None or report_dir is None:
         return
-    result = summary.get("result")
+    result = str(summary.get("result"))
     _check(checks, f"real server: not FAIL (got {result}, exit {code})", result != "FAIL")
     _check(checks, f"real server: exit code {code} means {result}", EXIT_CODES.get(result) == code)
     hard = {c["name"]: c["result"] for c in summary["criteria"] if c["name"] in HARD_CRITERIA}
