@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import statistics
 from collections import defaultdict
 from collections.abc import Mapping
@@ -13,9 +14,10 @@ from typing import Any
 
 from loadtests.locust_io import read_locust_results
 from loadtests.report import read_memory_csv, relative_history
+from loadtests.stats import theil_sen
 from loadtests.thresholds import DEFAULT_THRESHOLDS_PATH, read_config, resolve_settings
 from loadtests.trend import FAIL, INCONCLUSIVE, PASS
-from loadtests.verdict import SLOPE_CRITERION, RunFacts, Verdict, judge
+from loadtests.verdict import MIB, MIN_WINDOW_SAMPLES, SLOPE_CRITERION, RunFacts, Verdict, judge
 
 
 @dataclass(frozen=True)
@@ -31,6 +33,7 @@ class JudgedRun:
     window_minutes: float
     by_scenario: Mapping[str, Any]  # summary.json's cache_by_scenario (X-Cache hit rates)
     policy: str
+    old_slope: float | None = None  # the old point estimate, for comparison
 
     @property
     def detectable_mb_per_min(self) -> float:
@@ -45,13 +48,43 @@ class JudgedRun:
         if trend.interval is None or not math.isfinite(trend.interval.low):
             return math.inf
         by_interval = limit - trend.interval.low
-        by_floor = trend.noise_floor_mb / self.window_minutes - trend.interval.slope
-        return max(by_interval, by_floor, 0.0)
+        span = trend.span or self.window_minutes
+        by_floor = trend.noise_floor_mb / span - trend.interval.slope
+        return max(by_interval, by_floor, 0.0) + self.known_leak_mb_per_min
+
+    @property
+    def known_leak_mb_per_min(self) -> float:
+        """The leak a slow-leak case injected on purpose (0 for the others), from its name."""
+        match = re.match(r"slow-leak-([\d.]+)MBmin", self.case)
+        return float(match[1]) if match else 0.0
+
+    @property
+    def interval_above_limit(self) -> bool:
+        """The slope's whole interval is above the limit (FAIL unless within the noise floor)."""
+        interval = self.verdict.trends[SLOPE_CRITERION].interval
+        return interval is not None and interval.low > _limit(self.verdict)
+
+    @property
+    def old_rule_fails(self) -> bool:
+        """The verdict before INCONCLUSIVE: FAIL when the point slope over the window (one
+        Theil-Sen over every sample, recycles included) exceeded the limit, or when the window
+        was too short to fit one."""
+        return self.old_slope is None or self.old_slope > _limit(self.verdict)
 
 
 def _limit(verdict: Verdict) -> float:
     criterion = next(c for c in verdict.criteria if c.name == SLOPE_CRITERION)
     return criterion.limit or 0.0
+
+
+def old_point_slope(verdict: Verdict, run_dir: Path) -> float | None:
+    """Theil-Sen over every window sample, ignoring recycles: what the old verdict compared."""
+    samples, _ = read_memory_csv(run_dir / "memory.csv")
+    window = [s for s in samples if s.t_seconds >= verdict.window_start_seconds]
+    if len(window) < MIN_WINDOW_SAMPLES:
+        return None
+    return theil_sen([s.t_seconds / 60 for s in window],
+                     [s.total_rss_bytes / MIB for s in window]).slope  # fmt: skip
 
 
 def judge_run_dir(run_dir: Path, config: Mapping[str, Any]) -> tuple[Verdict, float]:
@@ -111,6 +144,7 @@ def load_runs(calibration_dir: Path) -> list[JudgedRun]:
                 loadavg=tuple(record.get("loadavg_after") or ()), window_minutes=window,
                 by_scenario=summary.get("cache_by_scenario") or {},
                 policy=str(summary["reported"].get("users_cache_policy") or "lru"),
+                old_slope=old_point_slope(verdict, run_dir),
             )
         )  # fmt: skip
     return runs
@@ -144,6 +178,12 @@ def print_figures(calibration_dir: Path) -> int:
         intervals = "; ".join(_interval_text(x) for x in items)
         print(f"{case:<28} {len(items):>4} {tally[PASS]:>4} {tally[FAIL]:>4} "
               f"{tally[INCONCLUSIVE]:>6}  {intervals}")  # fmt: skip
+        above = [x for x in items if x.interval_above_limit]
+        growths = ", ".join(f"{x.verdict.trends[SLOPE_CRITERION].growth_mb:.1f}" for x in above)
+        print(f"{'':<28} interval above the limit: {len(above)} of {len(items)}"
+              + (f" (growth MB: {growths}; FAIL needs > noise floor)" if above else ""))  # fmt: skip
+        old = sum(x.old_rule_fails for x in items)
+        print(f"{'':<28} old rule (point slope <= limit, no interval): FAIL {old} of {len(items)}")
         failed = sorted({c.name for x in items for c in x.verdict.criteria if c.result == FAIL})
         if failed:
             print(f"{'':<28} criteria that FAILed: {', '.join(failed)}")
@@ -155,9 +195,10 @@ def print_figures(calibration_dir: Path) -> int:
         if suggested:
             print(f"{'':<28} INCONCLUSIVE runs were told to run "
                   f"{', '.join(f'{(s or 0) / 60:.0f}' for s in suggested)} min")  # fmt: skip
-    print("\nminimum detectable leak (whole tree, MB/min) that FAILs a healthy run, by duration:")
+    print("\nminimum detectable leak (whole tree, MB/min) that FAILs a healthy run, by duration")
+    print("(slow-leak cases: their known leak taken out first, then the same computation):")
     for case, items in by_case.items():
-        if not case.startswith("healthy"):
+        if not case.startswith(("healthy", "slow-leak")):
             continue
         rates = sorted(x.detectable_mb_per_min for x in items)
         worst = rates[-1]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -31,6 +32,7 @@ class TrendJudgement:
     noise_floor_mb: float
     reason: str
     span_ratio: float | None = None  # how much longer a window should be to decide (>= 1)
+    span: float = 0.0  # the window's extent in x (minutes, or thousands of requests)
 
 
 def judge_trend(
@@ -63,23 +65,24 @@ def judge_trend(
         return TrendJudgement(INCONCLUSIVE, None, None, min_growth_mb, str(exc), span_ratio=2.0)
     span = max(xs) - min(xs)
     growth = interval.slope * span
+    judged = functools.partial(TrendJudgement, interval=interval, growth_mb=growth,
+                               noise_floor_mb=0.0, span=span)  # fmt: skip
     floor = max(min_growth_mb, NOISE_SIGMAS * interval.residual_sigma)
     ci = f"{confidence:.0%} CI [{_num(interval.low)}, {_num(interval.high)}]"
+    judged = functools.partial(judged, noise_floor_mb=floor)
     if interval.low > limit and growth > floor:
-        return TrendJudgement(
-            FAIL, interval, growth, floor, f"{ci} above {limit:g}; growth {growth:.1f} MB"
-        )
+        return judged(result=FAIL, reason=f"{ci} above {limit:g}; growth {growth:.1f} MB")
     if interval.high < limit:
-        return TrendJudgement(PASS, interval, growth, floor, f"{ci} below {limit:g}")
+        return judged(result=PASS, reason=f"{ci} below {limit:g}")
     if interval.low > limit:
         ratio = floor / growth if growth > 0 else 2.0
         reason = f"{ci} above {limit:g} but growth {growth:.1f} MB is within noise {floor:.1f} MB"
-        return TrendJudgement(INCONCLUSIVE, interval, growth, floor, reason, max(1.5, ratio))
+        return judged(result=INCONCLUSIVE, reason=reason, span_ratio=max(1.5, ratio))
     gap = abs(interval.slope - limit)
     width = interval.half_width
     ratio = (width / gap) ** (1 / WIDTH_EXPONENT) if math.isfinite(width) and gap > 0 else math.inf
     reason = f"{ci} straddles {limit:g}"
-    return TrendJudgement(INCONCLUSIVE, interval, growth, floor, reason, max(1.5, ratio))
+    return judged(result=INCONCLUSIVE, reason=reason, span_ratio=max(1.5, ratio))
 
 
 def suggested_seconds(duration_seconds: float, span_ratio: float | None) -> float | None:
