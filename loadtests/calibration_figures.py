@@ -180,8 +180,8 @@ def print_figures(calibration_dir: Path) -> int:
               f"{tally[INCONCLUSIVE]:>6}  {intervals}")  # fmt: skip
         above = [x for x in items if x.interval_above_limit]
         growths = ", ".join(f"{x.verdict.trends[SLOPE_CRITERION].growth_mb:.1f}" for x in above)
-        print(f"{'':<28} interval above the limit: {len(above)} of {len(items)}"
-              + (f" (growth MB: {growths}; FAIL needs > noise floor)" if above else ""))  # fmt: skip
+        note = f" (growth MB: {growths}; FAIL needs > noise floor)" if above else ""
+        print(f"{'':<28} interval above the limit: {len(above)} of {len(items)}{note}")
         old = sum(x.old_rule_fails for x in items)
         print(f"{'':<28} old rule (point slope <= limit, no interval): FAIL {old} of {len(items)}")
         failed = sorted({c.name for x in items for c in x.verdict.criteria if c.result == FAIL})
