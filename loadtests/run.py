@@ -66,6 +66,7 @@ from loadtests.verdict import (
     RunFacts,
     format_table,
     judge,
+    per_worker_slopes,
     requests_at,
 )
 
@@ -382,6 +383,7 @@ def _judge_and_report(
             "cache_workers_reached": out.caches.workers,
             "cache_fill": out.caches.fill,
             "cache_by_scenario": by_scenario,
+            "worker_slopes_mb_per_min": per_worker_slopes(samples, verdict.window_start_seconds),
             "prefill": out.prefill.as_summary() if out.prefill else None,
             "load_start_seconds": load_start,
             "limit_hits": sampler.limit_hits if sampler else 0,

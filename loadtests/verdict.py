@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from loadtests.stats import LineFit
+from loadtests.stats import LineFit, theil_sen
 from loadtests.thresholds import LoadSettings
 from loadtests.trend import FAIL, INCONCLUSIVE, PASS, TrendJudgement, judge_trend, suggested_seconds
 
@@ -139,6 +139,24 @@ def worker_segments(samples: Sequence[MemorySample]) -> list[int]:
             labels.append(labels[-1] if labels else 0)
         previous = pids
     return labels
+
+
+def per_worker_slopes(samples: Sequence[MemorySample], since: float) -> dict[int, float]:
+    """Theil-Sen MB/min of each worker's own RSS after `since` (workers with >= 8 samples).
+
+    Reported next to the tree's slope: a recycled worker's series simply ends and its
+    successor's begins, so neither carries the recycle's step.
+    """
+    series: dict[int, list[tuple[float, float]]] = {}
+    for sample in samples:
+        if sample.t_seconds >= since:
+            for pid, rss in sample.worker_rss_bytes.items():
+                series.setdefault(pid, []).append((sample.t_seconds / 60, rss / MIB))
+    return {
+        pid: round(theil_sen([x for x, _ in points], [y for _, y in points]).slope, 3)
+        for pid, points in series.items()
+        if len(points) >= MIN_WINDOW_SAMPLES and len({x for x, _ in points}) > 1
+    }
 
 
 def _fit(trend: TrendJudgement, xs: Sequence[float], ys: Sequence[float]) -> LineFit | None:

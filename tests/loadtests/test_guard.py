@@ -18,6 +18,7 @@ from loadtests.verdict import (
     RunFacts,
     format_table,
     judge,
+    per_worker_slopes,
     requests_at,
 )
 
@@ -234,3 +235,16 @@ def test_cgroup_of_finds_v1_memory_then_falls_back_to_v2(tmp_path: Path) -> None
     (root / "unified" / "u" / "memory.current").write_text("1\n")
     assert cgroup_of(42, proc_root=proc, root=root) == CgroupFiles(2, root / "unified" / "u")
     assert cgroup_of(43, proc_root=proc, root=root) is None
+
+
+def test_each_worker_gets_its_own_slope_and_a_recycled_one_ends() -> None:
+    samples = [
+        MemorySample(
+            t_seconds=float(t), epoch_seconds=float(t), total_rss_bytes=0, master_rss_bytes=0,
+            worker_rss_bytes={1: int((60 + t / 60) * MIB), 2 if t < 50 else 3: 70 * MIB},
+            total_uss_bytes=None, cgroup_usage_bytes=None, recycles=0,
+        )
+        for t in range(100)
+    ]  # fmt: skip
+    slopes = per_worker_slopes(samples, since=20.0)
+    assert slopes == {1: pytest.approx(1.0, abs=0.01), 2: 0.0, 3: 0.0}
