@@ -81,6 +81,7 @@ CLI_THRESHOLDS = (
     "max_growth_mb_per_1k_requests",
     "confidence",
     "min_growth_mb",
+    "recycle_settle_seconds",
     "max_error_ratio",
     "max_p95_ms",
     "max_health_ms",

@@ -22,6 +22,8 @@ MIB = 1024 * 1024
 MIN_WINDOW_SAMPLES = 8
 # Growth per request needs this many requests inside the window to mean something.
 MIN_WINDOW_REQUESTS = 200
+# A worker missing from this many samples in a row is gone for good: a new segment starts.
+MISSING_WORKER_TICKS = 5
 # Process exit codes of `python -m loadtests.run` (2 is argparse's usage error).
 EXIT_PASS = 0
 EXIT_FAIL = 1
@@ -122,22 +124,32 @@ def requests_at(counts: Sequence[tuple[float, int]], t: float) -> float:
     return float(counts[-1][1])
 
 
-def worker_segments(samples: Sequence[MemorySample]) -> list[int]:
-    """One label per sample, changing whenever the set of live workers changes (a recycle).
+def worker_segments(samples: Sequence[MemorySample]) -> list[int | None]:
+    """One label per sample: a new segment starts whenever a worker pid never seen appears.
 
     A recycle swaps a grown worker for a fresh one: total RSS steps down (or up, while both
     live) by several MB. The trend is fitted within segments only, so the step itself adds no
-    slope, while growth inside each segment, the refill of a fresh worker included, counts.
+    slope. A sample missing a worker of its segment (the old one gone, its successor not yet
+    there, or a worker unreadable for one tick) is transitional: labelled None and left out.
+    A missing worker that stays missing for MISSING_WORKER_TICKS samples opens a new segment.
     """
-    labels: list[int] = []
-    previous: frozenset[int] | None = None
+    labels: list[int | None] = []
+    seen: set[int] = set()
+    current: frozenset[int] | None = None
+    label, missing = 0, 0
     for sample in samples:
         pids = frozenset(sample.worker_rss_bytes)
-        if previous is not None and pids != previous:
-            labels.append(labels[-1] + 1)
+        is_new = bool(pids - seen)
+        seen |= pids
+        if current is None or pids == current:
+            current, missing = pids, 0
+        elif is_new or missing + 1 >= MISSING_WORKER_TICKS:
+            current, missing, label = pids, 0, label + 1
         else:
-            labels.append(labels[-1] if labels else 0)
-        previous = pids
+            missing += 1
+            labels.append(None)
+            continue
+        labels.append(label)
     return labels
 
 
@@ -159,6 +171,34 @@ def per_worker_slopes(samples: Sequence[MemorySample], since: float) -> dict[int
     }
 
 
+def settled_window(
+    samples: Sequence[MemorySample], load_start: float, window_start: float, settle_seconds: float
+) -> tuple[list[MemorySample], list[int]]:
+    """The window's samples and segment labels, leaving out transitional samples and the first
+    settle_seconds of every segment that began after the load started.
+
+    A recycled worker starts with empty caches and refills them: bounded growth, the same
+    warm-up the run itself gets. Segments that began before the load (workers still starting)
+    are covered by the run's own warm-up.
+    """
+    labels = worker_segments(samples)
+    starts: dict[int, float] = {}
+    for sample, label in zip(samples, labels, strict=True):
+        if label is not None:
+            starts.setdefault(label, sample.t_seconds)
+    window: list[MemorySample] = []
+    kept: list[int] = []
+    for sample, label in zip(samples, labels, strict=True):
+        if label is None or sample.t_seconds < window_start:
+            continue
+        began = starts[label]
+        if began > load_start and sample.t_seconds - began < settle_seconds:
+            continue
+        window.append(sample)
+        kept.append(label)
+    return window, kept
+
+
 def _fit(trend: TrendJudgement, xs: Sequence[float], ys: Sequence[float]) -> LineFit | None:
     if trend.interval is None:
         return None
@@ -177,8 +217,9 @@ def judge(facts: RunFacts, limits: LoadSettings) -> Verdict:
     samples = list(facts.samples)
     peak_mb = max((s.total_rss_bytes for s in samples), default=0) / MIB if samples else None
     window_start = facts.load_start_seconds + limits.warmup_fraction * facts.duration_seconds
-    window = [s for s in samples if s.t_seconds >= window_start]
-    labels = worker_segments(window)
+    window, labels = settled_window(
+        samples, facts.load_start_seconds, window_start, limits.recycle_settle_seconds
+    )
     alive = facts.fatal_reason is None and facts.oom_kills == 0
     criteria = [
         Criterion(

@@ -20,6 +20,7 @@ from loadtests.verdict import (
     judge,
     per_worker_slopes,
     requests_at,
+    worker_segments,
 )
 
 LIMITS = LoadSettings(duration_seconds=100, warmup_fraction=0.5, max_rss_mb=400)
@@ -248,3 +249,27 @@ def test_each_worker_gets_its_own_slope_and_a_recycled_one_ends() -> None:
     ]  # fmt: skip
     slopes = per_worker_slopes(samples, since=20.0)
     assert slopes == {1: pytest.approx(1.0, abs=0.01), 2: 0.0, 3: 0.0}
+
+
+def test_a_worker_missing_for_one_tick_is_left_out_not_a_new_segment() -> None:
+    samples = _samples(lambda t: 150.0)
+    glitch = {60: {}, 61: {101: 100 * MIB}}  # t=60: the worker unreadable for one tick
+    samples = [replace(s, worker_rss_bytes=glitch.get(int(s.t_seconds), s.worker_rss_bytes))
+               for s in samples]  # fmt: skip
+    labels = worker_segments(samples)
+    assert labels[60] is None
+    assert set(labels) == {0, None}
+
+
+def test_a_recycle_settles_before_its_samples_count() -> None:
+    # A fresh worker at t=70 refills its cache for 20 s (+10 MB), then stays flat.
+    samples = [
+        replace(s, worker_rss_bytes={101 if s.t_seconds < 70 else 202: 0},
+                total_rss_bytes=int((150 + (min(s.t_seconds, 90) - 70) / 2
+                                     if s.t_seconds >= 70 else 150) * MIB))
+        for s in _samples(lambda t: 150.0)
+    ]  # fmt: skip
+    settled = judge(_facts(samples), replace(LIMITS, recycle_settle_seconds=25))
+    assert _by_name(settled.criteria)["RSS slope after warm-up (Theil-Sen)"].value == 0.0
+    unsettled = judge(_facts(samples), LIMITS)
+    assert _by_name(unsettled.criteria)["RSS slope after warm-up (Theil-Sen)"].value != 0.0
