@@ -47,10 +47,11 @@ class JudgedRun:
         limit = _limit(self.verdict)
         if trend.interval is None or not math.isfinite(trend.interval.low):
             return math.inf
-        by_interval = limit - trend.interval.low
+        known = self.known_leak_mb_per_min  # taken out first: the run as if healthy
+        by_interval = limit - (trend.interval.low - known)
         span = trend.span or self.window_minutes
-        by_floor = trend.noise_floor_mb / span - trend.interval.slope
-        return max(by_interval, by_floor, 0.0) + self.known_leak_mb_per_min
+        by_floor = trend.noise_floor_mb / span - (trend.interval.slope - known)
+        return max(by_interval, by_floor, 0.0)
 
     @property
     def known_leak_mb_per_min(self) -> float:
