@@ -17,6 +17,9 @@ RESULTS = (PASS, FAIL, INCONCLUSIVE)
 NOISE_SIGMAS = 3.0
 # A suggested run length is capped here: beyond an hour, the slope sits on the limit.
 MAX_SUGGESTED_SECONDS = 3600.0
+# Never suggest less than this: measured, 2-minute runs of the healthy template PASS 10 of 10
+# while 1-minute runs are often still INCONCLUSIVE (make loadtest-calibrate).
+MIN_SUGGESTED_SECONDS = 120.0
 # The interval's half-width is taken to shrink like 1/window: between independent samples
 # (1/window^1.5) and a random walk (1/window^0.5), and conservative for the former.
 WIDTH_EXPONENT = 1.0
@@ -86,13 +89,13 @@ def judge_trend(
 
 
 def suggested_seconds(duration_seconds: float, span_ratio: float | None) -> float | None:
-    """A whole-minute run length whose window is span_ratio times this one, capped at 1 h."""
+    """A whole-minute run length whose window is span_ratio times this one: 2 min to 1 h."""
     if span_ratio is None:
         return None
     wanted = duration_seconds * span_ratio * 1.2  # 20 % margin: the ratio is an estimate
     if not math.isfinite(wanted) or wanted > MAX_SUGGESTED_SECONDS:
         return MAX_SUGGESTED_SECONDS
-    return max(60.0, math.ceil(wanted / 60) * 60)
+    return max(MIN_SUGGESTED_SECONDS, math.ceil(wanted / 60) * 60)
 
 
 def _num(value: float) -> str:
