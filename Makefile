@@ -14,8 +14,8 @@ HOST := 127.0.0.1
 IMAGE ?= render-memsafe-template
 
 .PHONY: help install run dev test test-fast lint fmt typecheck check bench bench-http \
-        bench-middleware bench-recycle bench-sizeof bench-slowloris loadtest emulate leak-report \
-        browser docker-build docker-run lock clean chaos
+        bench-middleware bench-recycle bench-sizeof bench-slowloris loadtest loadtest-calibrate \
+        emulate leak-report browser docker-build docker-run lock clean chaos
 
 help: ## Show this help
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | \
@@ -78,10 +78,18 @@ LT_ARGS = $(if $(DURATION),--duration $(DURATION)) $(if $(USERS),--users $(USERS
   $(if $(SPAWN_RATE),--spawn-rate $(SPAWN_RATE)) $(if $(PLAN),--plan $(PLAN)) \
   $(if $(MAX_RSS_MB),--max-rss-mb $(MAX_RSS_MB)) \
   $(if $(MAX_SLOPE_MB_PER_MIN),--max-slope-mb-per-min $(MAX_SLOPE_MB_PER_MIN)) \
-  $(if $(MAX_P95_MS),--max-p95-ms $(MAX_P95_MS)) $(if $(SMOKE),--smoke)
+  $(if $(MAX_P95_MS),--max-p95-ms $(MAX_P95_MS)) $(if $(CONFIDENCE),--confidence $(CONFIDENCE)) \
+  $(if $(MIN_GROWTH_MB),--min-growth-mb $(MIN_GROWTH_MB)) $(if $(SMOKE),--smoke)
 
-loadtest: $(STAMP) ## Load-test the real server on 127.0.0.1, judge its memory (PROFILE=starter DURATION=2m USERS= PLAN= MAX_RSS_MB= SMOKE=1)
+loadtest: $(STAMP) ## Load-test the real server, judge its memory: exit 0 PASS, 1 FAIL, 3 INCONCLUSIVE (PROFILE=starter DURATION=2m PLAN= SMOKE=1)
+ifdef SMOKE
+	PROFILE=$(LT_PROFILE) $(BIN)/python -m loadtests.smoke
+else
 	$(BIN)/python -m loadtests.run --profile $(LT_PROFILE) $(LT_ARGS)
+endif
+
+loadtest-calibrate: $(STAMP) ## Repeat load tests: false FAIL rate, leak detection, minimum detectable leak (~70 min)
+	$(BIN)/python -m loadtests.calibrate --profile $(LT_PROFILE) $(CALIBRATE_ARGS)
 
 emulate: $(STAMP) ## Serve the app inside a cgroup shaped like a Render plan (PLAN=starter; Linux, root)
 	$(BIN)/python -m loadtests.emulate --plan $(or $(PLAN),starter) --profile $(LT_PROFILE) --port $(PORT)
@@ -116,7 +124,7 @@ bench-recycle: $(STAMP) ## Failed requests and latency across RSS recycles, neve
 	$(BIN)/python -m benchmarks.bench_recycle
 
 bench-middleware: $(STAMP) ## Per-request cost of MemoryMonitorMiddleware against BaseHTTPMiddleware
-	$(BIN)/python -m benchmarks.bench_middleware
+	$(BIN)/python -m benchmarks.bench_middleware --check
 
 bench-sizeof: $(STAMP) ## memsafe's default byte estimate against RSS growth per cached entry
 	$(BIN)/python -m benchmarks.bench_sizeof

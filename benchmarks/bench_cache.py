@@ -34,6 +34,7 @@ from typing import Any
 import cachetools
 import theine
 
+from benchmarks.targets import report_targets
 from benchmarks.trace import TRACE_CACHE_SIZE, hit_ratios, record_trace
 from memsafe.cache import LRUCache, default_sizeof
 
@@ -275,7 +276,7 @@ def _fmt_ratio(value: float) -> str:
     return f"{value:.2f}x"
 
 
-def main(argv: list[str] | None = None) -> None:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--quick", action="store_true", help="a short run (fewer ops, 3 rounds)")
     parser.add_argument("--rounds", type=int, default=None, help="rounds (default 9, quick 3)")
@@ -390,9 +391,8 @@ def main(argv: list[str] | None = None) -> None:
         checks.append((f"{label} >= 0.95x baseline", speed, speed >= 0.95))
     size = bytes_per_entry[MEMSAFE_TTL]
     checks.append(("bytes/entry <= 190", size, size <= 190))
-    for label, value, ok in checks:
-        print(f"  {'PASS' if ok else 'FAIL'}  {label:<34} measured {value:.2f}")
-    _print_hit_ratio_checks(hit_table)
+    speed_exit = report_targets(checks)
+    return max(speed_exit, _report_hit_ratio_targets(hit_table))
 
 
 def _print_estimator_cost() -> None:
@@ -481,7 +481,7 @@ def _hit_ratio_table() -> dict[str, tuple[float, float, float]]:
     return table  # type: ignore[return-value]  # tuple() of a 3-field NamedTuple
 
 
-def _print_hit_ratio_checks(table: dict[str, tuple[float, float, float]]) -> None:
+def _report_hit_ratio_targets(table: dict[str, tuple[float, float, float]]) -> int:
     theine_total = table["theine (W-TinyLFU)"][0]
     lru_total = table["cachetools.LRUCache"][0]
     checks = [
@@ -498,9 +498,8 @@ def _print_hit_ratio_checks(table: dict[str, tuple[float, float, float]]) -> Non
     ]
     print()
     print("hit-ratio targets (recorded trace):")
-    for label, value, ok in checks:
-        print(f"  {'PASS' if ok else 'FAIL'}  {label:<34} measured {value:.2f}")
+    return report_targets(checks)
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -12,8 +12,9 @@ matplotlib.use("Agg")  # no display: CI and servers
 
 import matplotlib.pyplot as plt
 
-from loadtests.guard import MIB, MemorySample, Verdict
+from loadtests.guard import MemorySample
 from loadtests.thresholds import LoadSettings, Plan
+from loadtests.verdict import MIB, Verdict
 
 
 def render_chart(
@@ -28,9 +29,12 @@ def render_chart(
     """Draw total/master/worker RSS, USS and cgroup usage with the limit, budget and slope fit.
 
     request_counts ((t_seconds, cumulative requests), Locust's per-second history) adds the
-    request rate on a right-hand axis, which shows the load's phases against memory.
+    request rate in a panel of its own under the memory panel (same time axis, its own scale),
+    so a burst of requests can never be read as memory touching the budget line.
     """
-    fig, ax = plt.subplots(figsize=(11, 6.5), dpi=100)
+    fig, (ax, rate) = plt.subplots(
+        2, 1, figsize=(11, 8), dpi=100, sharex=True, gridspec_kw={"height_ratios": [3, 1]}
+    )
     try:
         t = [s.t_seconds for s in samples]
         ax.plot(t, [s.total_rss_bytes / MIB for s in samples], lw=2, label="total RSS (sum)")
@@ -52,7 +56,13 @@ def render_chart(
         if plan is not None:
             ax.axhline(plan.memory_limit_mb, color="black", lw=1.5,
                        label=f"plan limit {plan.memory_limit_mb} MB ({plan.name})")  # fmt: skip
-        ax.axvspan(0, verdict.window_start_seconds, color="grey", alpha=0.12, label="warm-up")
+        ax.axvspan(
+            0,
+            verdict.window_start_seconds,
+            color="grey",
+            alpha=0.12,
+            label="prefill + warm-up (not judged for slope)",
+        )
         fit = verdict.slope_fit
         if fit is not None and samples:
             x0, x1 = verdict.window_start_seconds, samples[-1].t_seconds
@@ -72,28 +82,24 @@ def render_chart(
             ax.plot([], [], color="purple", alpha=0.35, label=f"worker recycles ({previous})")
         handles, labels = ax.get_legend_handles_labels()
         if len(request_counts) > 1:
-            rate = ax.twinx()
             pairs = list(itertools.pairwise(request_counts))
             rate.step(
                 [t1 for (_, _), (t1, _) in pairs],
                 [(c1 - c0) / (t1 - t0) if t1 > t0 else 0.0 for (t0, c0), (t1, c1) in pairs],
                 color="grey",
-                alpha=0.45,
                 lw=0.8,
-                label="requests/s (right axis)",
             )
-            rate.set_ylabel("requests/s")
-            rate.set_ylim(bottom=0)
-            more_handles, more_labels = rate.get_legend_handles_labels()
-            handles, labels = handles + more_handles, labels + more_labels
-        status = "PASS" if verdict.passed else "FAIL"
-        ax.set_title(f"Server memory under load: {status}")
-        ax.set_xlabel("seconds since the guard started")
+        rate.axvspan(0, verdict.window_start_seconds, color="grey", alpha=0.12)
+        rate.set_ylabel("requests/s")
+        rate.set_ylim(bottom=0)
+        rate.grid(alpha=0.3)
+        rate.set_xlabel("seconds since the guard started")
+        ax.set_title(f"Server memory under load: {verdict.result}")
         ax.set_ylabel("MB (MiB)")
         ax.set_ylim(bottom=0)
         ax.grid(alpha=0.3)
         fig.legend(handles, labels, loc="lower center", ncol=4, fontsize=8, frameon=False)
-        fig.tight_layout(rect=(0, 0.14, 1, 1))  # room for the legend under the axes
+        fig.tight_layout(rect=(0, 0.07, 1, 1))  # room for the legend under the axes
         fig.savefig(path)
     finally:
         plt.close(fig)

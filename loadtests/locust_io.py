@@ -9,7 +9,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,6 +18,8 @@ from loadtests.server import HOST, REPO_ROOT, stop_process
 from loadtests.thresholds import LoadSettings
 
 HEALTH_NAME = "health poller"  # the poller's request name in loadtests/locustfile.py
+CACHE_TALLY_FILE = "cache_by_scenario.json"  # written by the locustfile when Locust quits
+PROGRESS_SECONDS = 5.0  # one progress line this often during the load
 
 
 def _default_sigint() -> None:
@@ -50,6 +52,7 @@ def start_locust(
         "LOADTEST_PAYLOAD_MAX_KIB": str(payload_kib),
         "LOADTEST_MAX_HEALTH_MS": f"{settings.max_health_ms:g}",
         "LOADTEST_HEALTH_INTERVAL_SECONDS": f"{settings.health_interval_seconds:g}",
+        "LOADTEST_CACHE_TALLY_PATH": str(out_dir / CACHE_TALLY_FILE),
     }
     with (out_dir / "locust.log").open("wb") as log:
         return subprocess.Popen(
@@ -59,11 +62,24 @@ def start_locust(
 
 
 def wait_locust(
-    locust: subprocess.Popen[bytes], sampler: TreeSampler, fatal: threading.Event, timeout: float
+    locust: subprocess.Popen[bytes],
+    sampler: TreeSampler,
+    fatal: threading.Event,
+    timeout: float,
+    *,
+    progress: Callable[[], str] | None = None,
+    progress_seconds: float = PROGRESS_SECONDS,
 ) -> int | None:
-    """Wait for Locust; stop it at once when the guard reports a fatal event. None if stopped."""
+    """Wait for Locust; stop it at once when the guard reports a fatal event. None if stopped.
+
+    progress, when given, is called every progress_seconds and its line printed.
+    """
     deadline = time.monotonic() + timeout
+    next_progress = time.monotonic() + progress_seconds
     while locust.poll() is None:
+        if progress is not None and time.monotonic() >= next_progress:
+            next_progress += progress_seconds
+            print(progress(), flush=True)
         if fatal.is_set() or time.monotonic() > deadline:
             reason = sampler.fatal_reason or f"Locust still running after {timeout:.0f} s"
             print(f"guard: stopping Locust now: {reason}", flush=True)
@@ -91,6 +107,33 @@ class LocustResults:
     health_failures: int = 0
     health_max_ms: float | None = None
     history: tuple[tuple[float, int], ...] = ()  # (epoch seconds, cumulative requests)
+
+
+@dataclass(frozen=True)
+class LiveCounts:
+    """Locust's latest aggregated row while it runs (its stats history is written each second)."""
+
+    requests: int = 0
+    failures: int = 0
+    rps: float = 0.0
+
+
+def read_live_counts(prefix: Path) -> LiveCounts:
+    """The last Aggregated row of <prefix>_stats_history.csv so far (zeros before the first)."""
+    path = Path(f"{prefix}_stats_history.csv")
+    try:
+        with path.open(newline="") as handle:
+            rows = [r for r in csv.DictReader(handle) if r.get("Name") == "Aggregated"]
+    except OSError:
+        return LiveCounts()
+    if not rows:
+        return LiveCounts()
+    last = rows[-1]
+    return LiveCounts(
+        requests=int(_number(last, "Total Request Count") or 0),
+        failures=int(_number(last, "Total Failure Count") or 0),
+        rps=_number(last, "Requests/s") or 0.0,
+    )
 
 
 def _number(row: Mapping[str, str], key: str) -> float | None:

@@ -24,6 +24,7 @@ _ROOT = str(Path(__file__).resolve().parent.parent)
 if _ROOT not in sys.path:
     sys.path.insert(0, _ROOT)
 
+from loadtests.scenario_hits import CACHE_HEADER, CacheTally  # noqa: E402  (sys.path above)
 from loadtests.shape import ColdScan, ZipfIds, users_at  # noqa: E402  (needs sys.path above)
 
 logger = logging.getLogger(__name__)
@@ -32,6 +33,7 @@ USER_IDS = int(os.environ.get("LOADTEST_USER_IDS", "10000"))
 PAYLOAD_MAX_KIB = int(os.environ.get("LOADTEST_PAYLOAD_MAX_KIB", "256"))
 MAX_HEALTH_MS = float(os.environ.get("LOADTEST_MAX_HEALTH_MS", "1000"))
 HEALTH_INTERVAL_SECONDS = float(os.environ.get("LOADTEST_HEALTH_INTERVAL_SECONDS", "5"))
+CACHE_TALLY_PATH = os.environ.get("LOADTEST_CACHE_TALLY_PATH")  # where hits per scenario go
 OVERSIZE_SHARE = 0.05  # share of /payload requests sent over the bound, expecting 422
 HEALTH_NAME = "health poller"
 DEFAULT_RUN_TIME_SECONDS = 120.0
@@ -40,6 +42,7 @@ DEFAULT_SPAWN_RATE = 10.0
 
 _zipf = ZipfIds(USER_IDS)
 _cold = ColdScan(USER_IDS)  # shared by every cold-scan user of this Locust process
+_tally = CacheTally()  # X-Cache answers per scenario ([hot], [cold]) and second
 
 
 class HotUser(FastHttpUser):
@@ -125,6 +128,21 @@ def _fail_on_health(environment: Any, **_kwargs: Any) -> None:
         environment.process_exit_code = 1
 
 
+def _count_cache_answer(name: str, response: Any = None, **_kwargs: Any) -> None:
+    headers = getattr(response, "headers", None)
+    if headers is not None:
+        _tally.record(name, headers.get(CACHE_HEADER), time.time())
+
+
+def _write_tally(environment: Any, **_kwargs: Any) -> None:
+    del environment
+    if CACHE_TALLY_PATH:
+        _tally.write(Path(CACHE_TALLY_PATH))
+
+
 # Registered by a call, not a decorator: locust's add_listener is untyped.
 _add_quitting_listener: Callable[[Callable[..., None]], object] = events.quitting.add_listener
 _add_quitting_listener(_fail_on_health)
+_add_quitting_listener(_write_tally)
+_add_request_listener: Callable[[Callable[..., None]], object] = events.request.add_listener
+_add_request_listener(_count_cache_answer)

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import csv
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from loadtests.guard import MIB, MemorySample, RunFacts, Verdict
+from loadtests.guard import MemorySample
 from loadtests.thresholds import LoadSettings, Plan
+from loadtests.verdict import MIB, RunFacts, Verdict
 
 
 def write_memory_csv(path: Path, samples: Sequence[MemorySample], counts: Sequence[float]) -> None:
@@ -40,6 +42,43 @@ def write_memory_csv(path: Path, samples: Sequence[MemorySample], counts: Sequen
             )
 
 
+def _finite(data: dict[str, Any]) -> dict[str, Any]:
+    """JSON has no infinity: an unbounded side of an interval is written as null."""
+    return {
+        k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in data.items()
+    }
+
+
+def read_memory_csv(path: Path) -> tuple[list[MemorySample], list[tuple[float, int]]]:
+    """memory.csv back into samples and (t_seconds, cumulative requests): to judge again."""
+    samples: list[MemorySample] = []
+    counts: list[tuple[float, int]] = []
+    with path.open(newline="") as handle:
+        for row in csv.DictReader(handle):
+            workers = {}
+            for item in row["worker_rss_mb"].split():
+                pid, _, rss = item.partition(":")
+                workers[int(pid)] = int(float(rss) * MIB)
+            samples.append(
+                MemorySample(
+                    t_seconds=float(row["t_seconds"]),
+                    epoch_seconds=float(row["epoch_seconds"]),
+                    total_rss_bytes=int(float(row["total_rss_mb"]) * MIB),
+                    master_rss_bytes=int(float(row["master_rss_mb"]) * MIB),
+                    worker_rss_bytes=workers,
+                    total_uss_bytes=int(float(row["total_uss_mb"]) * MIB)
+                    if row["total_uss_mb"]
+                    else None,
+                    cgroup_usage_bytes=int(float(row["cgroup_usage_mb"]) * MIB)
+                    if row["cgroup_usage_mb"]
+                    else None,
+                    recycles=int(row["recycles"]),
+                )
+            )
+            counts.append((float(row["t_seconds"]), int(float(row["requests"]))))
+    return samples, counts
+
+
 def _mb(value: int | None) -> str:
     return "" if value is None else f"{value / MIB:.2f}"
 
@@ -64,12 +103,26 @@ def build_summary(
     extra: Mapping[str, Any],
 ) -> dict[str, Any]:
     """summary.json's content: the run's identity, settings, every criterion and the fits."""
+    trends = {
+        name: {
+            "result": t.result,
+            "reason": t.reason,
+            "growth_mb": t.growth_mb,
+            "noise_floor_mb": t.noise_floor_mb,
+            "interval": _finite(asdict(t.interval)) if t.interval else None,
+        }
+        for name, t in verdict.trends.items()
+    }
     return {
+        "result": verdict.result,
         "passed": verdict.passed,
+        "exit_code": verdict.exit_code,
+        "suggested_duration_seconds": verdict.suggested_duration_seconds,
         **run,
         "plan": asdict(plan) if plan else None,
         "settings": asdict(settings),
-        "criteria": [asdict(c) for c in verdict.criteria],
+        "criteria": [{**asdict(c), "passed": c.passed} for c in verdict.criteria],
+        "trends": trends,
         "reported": verdict.info,
         "slope_fit": asdict(verdict.slope_fit) if verdict.slope_fit else None,
         "growth_fit": asdict(verdict.growth_fit) if verdict.growth_fit else None,

@@ -1,7 +1,9 @@
 """`python -m loadtests.run`: start the real server, load it with Locust, guard memory, judge.
 
 Example: `python -m loadtests.run --profile starter --duration 2m --users 50 --plan starter`.
-Exit code 0 only when every criterion of the verdict passed. Reports go to
+Exit codes: 0 PASS (every criterion held with confidence), 1 FAIL (a hard limit broken or
+growth established), 3 INCONCLUSIVE (no limit broken, too short or noisy to tell; the last line
+says how long to run instead), 130 interrupted, 2 bad arguments. Reports go to
 reports/loadtest-<UTC timestamp>/: summary.json, memory.csv, locust_*.csv, locust.html,
 memory.png, server.log and locust.log.
 """
@@ -17,16 +19,23 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
 from loadtests.emulate import Emulation, emulate
-from loadtests.guard import RunFacts, TreeSampler, format_table, judge, requests_at
-from loadtests.locust_io import read_locust_results, start_locust, wait_locust
+from loadtests.guard import MemorySample, TreeSampler
+from loadtests.locust_io import (
+    CACHE_TALLY_FILE,
+    read_live_counts,
+    read_locust_results,
+    start_locust,
+    wait_locust,
+)
 from loadtests.prefill import PrefillResult, run_prefill, store_user_ids
 from loadtests.report import build_summary, relative_history, write_memory_csv
+from loadtests.scenario_hits import read_tally, scenario_rates
 from loadtests.server import (
     REPO_ROOT,
     CacheReport,
@@ -37,8 +46,10 @@ from loadtests.server import (
     server_env,
     start_server,
     stop_process,
+    users_cache_policy,
     wait_ready,
 )
+from loadtests.stats import theil_sen
 from loadtests.thresholds import (
     DEFAULT_THRESHOLDS_PATH,
     LoadSettings,
@@ -47,6 +58,16 @@ from loadtests.thresholds import (
     read_config,
     resolve_plan,
     resolve_settings,
+)
+from loadtests.verdict import (
+    EXIT_INTERRUPTED,
+    MIB,
+    SLOPE_CRITERION,
+    RunFacts,
+    format_table,
+    judge,
+    per_worker_slopes,
+    requests_at,
 )
 
 LOCUST_GRACE_SECONDS = 60.0  # beyond --run-time before the runner stops Locust itself
@@ -58,6 +79,9 @@ CLI_THRESHOLDS = (
     "max_rss_mb",
     "max_slope_mb_per_min",
     "max_growth_mb_per_1k_requests",
+    "confidence",
+    "min_growth_mb",
+    "recycle_settle_seconds",
     "max_error_ratio",
     "max_p95_ms",
     "max_health_ms",
@@ -152,13 +176,14 @@ def _load(
             return  # the server died during the prefill: no load, the verdict says why
         # The hit rate is reported for the load alone: the prefill's misses are by design.
         baseline = cache_report(port) if settings.prefill else CacheReport()
-        out.load_start_seconds = sampler.elapsed_seconds()
+        out.load_start_seconds = load_start = sampler.elapsed_seconds()
         locust = start_locust(settings, port=port, out_dir=out_dir, payload_kib=payload_kib)
         watcher = CacheWatcher(port)
         watcher.start()
         try:
             timeout = settings.duration_seconds + LOCUST_GRACE_SECONDS
-            out.locust_code = wait_locust(locust, sampler, fatal, timeout)
+            progress = _progress_line(settings, sampler, out_dir, load_start)
+            out.locust_code = wait_locust(locust, sampler, fatal, timeout, progress=progress)
         except KeyboardInterrupt:
             # A second Ctrl-C must not skip the cleanup below.
             signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -178,6 +203,32 @@ def _load(
         if out.sampler is not None:
             out.sampler.stop()
         out.server_exit = stop_process(server.process)
+
+
+def _progress_line(
+    settings: LoadSettings, sampler: TreeSampler, out_dir: Path, load_start: float
+) -> Callable[[], str]:
+    """A callable printing: elapsed, req/s, errors, total RSS and the RSS slope so far."""
+    window_start = load_start + settings.warmup_fraction * settings.duration_seconds
+
+    def line() -> str:
+        live = read_live_counts(out_dir / "locust")
+        samples = [s for s in sampler.samples if s.t_seconds >= load_start]
+        rss = f"{samples[-1].total_rss_bytes / MIB:.1f} MB" if samples else "n/a"
+        in_window = [s for s in samples if s.t_seconds >= window_start]
+        shown, label = (in_window, "window") if len(in_window) >= 8 else (samples, "since start")
+        slope = "n/a"
+        if len(shown) >= 3:
+            fit = theil_sen([s.t_seconds / 60 for s in shown],
+                            [s.total_rss_bytes / MIB for s in shown])  # fmt: skip
+            slope = f"{fit.slope:+.2f} MB/min ({label}, limit {settings.max_slope_mb_per_min:g})"
+        elapsed = sampler.elapsed_seconds() - load_start
+        return (
+            f"loadtest: {elapsed:5.0f}/{settings.duration_seconds:.0f} s  {live.rps:6.1f} req/s  "
+            f"errors {live.failures}/{live.requests}  total RSS {rss}  slope {slope}"
+        )
+
+    return line
 
 
 def _prefill(
@@ -241,6 +292,35 @@ def main(argv: Sequence[str] | None = None) -> int:
     return _judge_and_report(settings, out, args=args, out_dir=out_dir, started=started)
 
 
+def _scenario_hit_rates(
+    out_dir: Path, samples: Sequence[MemorySample], load_start: float, window_start: float
+) -> dict[str, float | int | None]:
+    """Hot and cold hit rates from the X-Cache answers: whole load and after warm-up."""
+    tally = read_tally(out_dir / CACHE_TALLY_FILE)
+    if not tally or not samples:
+        return {}
+    epoch_zero = samples[0].epoch_seconds - samples[0].t_seconds
+    figures: dict[str, float | int | None] = {}
+    for label, since in (("load", load_start), ("window", window_start)):
+        for scenario, rate in scenario_rates(tally, since_epoch=epoch_zero + since).items():
+            figures[f"{scenario}_hit_rate_{label}"] = rate.rate
+            figures[f"{scenario}_answers_{label}"] = rate.hits + rate.misses
+    return figures
+
+
+def _scenario_line(figures: dict[str, float | int | None], policy: str, total: float | None) -> str:
+    def rate(key: str) -> str:
+        value = figures.get(key)
+        return "n/a" if not isinstance(value, float) else f"{value:.3f}"
+
+    return (
+        f"cache hit rate by scenario (X-Cache, users cache policy={policy}): "
+        f"hot {rate('hot_hit_rate_load')} / cold scan {rate('cold_hit_rate_load')} over the load; "
+        f"hot {rate('hot_hit_rate_window')} / cold {rate('cold_hit_rate_window')} after warm-up; "
+        f"server counters, all requests: {'n/a' if total is None else f'{total:.3f}'}"
+    )
+
+
 def _judge_and_report(
     settings: LoadSettings,
     out: Outcome,
@@ -283,6 +363,11 @@ def _judge_and_report(
     )
     verdict = judge(facts, settings)
     verdict.info["cache_fill"] = out.caches.fill
+    by_scenario = _scenario_hit_rates(out_dir, samples, load_start, verdict.window_start_seconds)
+    policy = users_cache_policy(args.profile, server_env(args.profile, 0, args.server_env))
+    verdict.info["users_cache_policy"] = policy
+    for key, value in by_scenario.items():
+        verdict.info[key] = value
     verdict.info["server_exit_code"] = out.server_exit
     if out.prefill is not None:
         verdict.info["prefill_requests"] = out.prefill.requests
@@ -298,6 +383,8 @@ def _judge_and_report(
             "elapsed_seconds": round(elapsed, 1),
             "cache_workers_reached": out.caches.workers,
             "cache_fill": out.caches.fill,
+            "cache_by_scenario": by_scenario,
+            "worker_slopes_mb_per_min": per_worker_slopes(samples, verdict.window_start_seconds),
             "prefill": out.prefill.as_summary() if out.prefill else None,
             "load_start_seconds": load_start,
             "limit_hits": sampler.limit_hits if sampler else 0,
@@ -313,7 +400,8 @@ def _judge_and_report(
             out_dir / "memory.png", samples, verdict, settings, plan=out.plan, request_counts=counts
         )
     print(format_table(verdict))
-    slope_failed = any(not c.passed and c.name.startswith("RSS slope") for c in verdict.criteria)
+    print(_scenario_line(by_scenario, policy, out.caches.hit_rate))
+    slope_failed = any(c.result != "PASS" and c.name == SLOPE_CRITERION for c in verdict.criteria)
     fill = out.caches.fill
     if slope_failed and fill is not None and fill < 0.95:
         print(
@@ -323,8 +411,8 @@ def _judge_and_report(
         )
     print(f"loadtest: reports in {out_dir} ({elapsed:.0f} s)", flush=True)
     if out.interrupted is not None:
-        return 130
-    return 0 if verdict.passed else 1
+        return EXIT_INTERRUPTED
+    return verdict.exit_code
 
 
 if __name__ == "__main__":

@@ -240,3 +240,17 @@ def payload_bound_kib(profile: str, env: Mapping[str, str]) -> int:
         return int((data.get("payload") or {}).get("max_size_kib", 1024))
     except (OSError, ValueError, AttributeError):
         return 1024
+
+
+def users_cache_policy(profile: str, env: Mapping[str, str]) -> str:
+    """caches.users.policy of the profile (env APP_CACHES__USERS__POLICY wins); "lru" if unset.
+
+    Only reported next to the hit rates, so a run says which eviction policy produced them.
+    """
+    if env.get("APP_CACHES__USERS__POLICY"):
+        return env["APP_CACHES__USERS__POLICY"]
+    try:
+        data = yaml.safe_load((REPO_ROOT / "config" / f"{profile}.yaml").read_text()) or {}
+        return str(((data.get("caches") or {}).get("users") or {}).get("policy") or "lru")
+    except (OSError, ValueError, AttributeError):
+        return "lru"

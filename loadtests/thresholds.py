@@ -29,6 +29,9 @@ class LoadSettings:
     max_rss_mb: float = 400.0
     max_slope_mb_per_min: float = 1.0
     max_growth_mb_per_1k_requests: float = 1.0
+    confidence: float = 0.95
+    min_growth_mb: float = 4.0
+    recycle_settle_seconds: float = 0.0
     max_error_ratio: float = 0.0
     max_p95_ms: float = 1000.0
     max_health_ms: float = 1000.0
@@ -45,6 +48,9 @@ class LoadSettings:
         _check_range("max_rss_mb", self.max_rss_mb, 1, 1 << 20)
         _check_range("max_slope_mb_per_min", self.max_slope_mb_per_min, 0.0, 1e6)
         _check_range("max_growth_mb_per_1k_requests", self.max_growth_mb_per_1k_requests, 0, 1e6)
+        _check_range("confidence", self.confidence, 0.5, 0.999)
+        _check_range("min_growth_mb", self.min_growth_mb, 0.0, 1e6)
+        _check_range("recycle_settle_seconds", self.recycle_settle_seconds, 0.0, 3600)
         _check_range("max_error_ratio", self.max_error_ratio, 0.0, 1.0)
         _check_range("max_p95_ms", self.max_p95_ms, 1, 3_600_000)
         _check_range("max_health_ms", self.max_health_ms, 1, 3_600_000)

@@ -47,8 +47,20 @@ class UserDataService:
 
     async def get_user_async(self, user_id: int) -> User | None:
         """get_user for async endpoints; a miss reads the store inline unless offload_reads."""
-        user: User | None = await self._get_user_async(user_id)
+        user, _ = await self.lookup_async(user_id)
         return user
+
+    async def lookup_async(self, user_id: int) -> tuple[User | None, bool]:
+        """The user (None when unknown) and whether the cache answered (True) or the store.
+
+        The route reports the second value as the X-Cache response header, so a client (the
+        load test) can count hits per scenario from what the server did. The membership test
+        neither counts in the cache's stats nor refreshes recency, and nothing on the event
+        loop runs between it and the read through `cached` (no await in between).
+        """
+        is_hit = user_id in self.cache
+        user: User | None = await self._get_user_async(user_id)
+        return user, is_hit
 
     async def _read_async(self, user_id: int) -> User | None:
         # Measured here (benchmarks/bench_http.py notes): a primary-key read of the seeded

@@ -66,3 +66,13 @@ def test_reads_work_inline_and_offloaded(
     c = make_client(load_settings(write_profile({"store": {"offload_reads": offload}})))
     assert c.get("/users/9").json()["id"] == 9
     assert c.get("/users/9").json()["id"] == 9
+
+
+def test_x_cache_header_says_what_the_cache_did(client: TestClient) -> None:
+    # The load test counts hits per scenario from this header: it must match the counters.
+    first, second = client.get("/users/11"), client.get("/users/11")
+    unknown = [client.get(f"/users/{TEST_SEED_USERS + 5}") for _ in range(2)]
+    assert (first.headers["X-Cache"], second.headers["X-Cache"]) == ("miss", "hit")
+    assert [r.headers["X-Cache"] for r in unknown] == ["miss", "hit"]
+    stats = client.get("/health").json()["caches"]["caches"]["users"]
+    assert (stats["hits"], stats["misses"]) == (2, 2)

@@ -46,31 +46,43 @@ def _run(tmp_path: Path, *extra: str) -> tuple[int, dict[str, Any], str]:
 
 
 def _failed(summary: dict[str, Any]) -> set[str]:
-    return {c["name"] for c in summary["criteria"] if not c["passed"]}
+    return {c["name"] for c in summary["criteria"] if c["result"] == "FAIL"}
 
 
-def test_the_real_server_passes_the_smoke_verdict(tmp_path: Path) -> None:
+def test_the_real_server_never_fails_the_smoke_verdict(tmp_path: Path) -> None:
+    # 15 s cannot prove a server bounded: PASS or INCONCLUSIVE are both honest, FAIL is not.
     code, summary, out = _run(tmp_path)
-    assert code == 0, out
-    assert summary["passed"] is True
-    assert _failed(summary) == set()
+    assert summary["result"] in ("PASS", "INCONCLUSIVE"), out
+    assert code == {"PASS": 0, "INCONCLUSIVE": 3}[summary["result"]], out
+    assert summary["exit_code"] == code
+    hard = {c["name"]: c["result"] for c in summary["criteria"] if "RSS slope" not in c["name"]}
+    hard.pop("RSS growth per 1k requests")
+    assert set(hard.values()) == {"PASS"}, hard
     assert summary["reported"]["requests"] > 0
     assert summary["reported"]["hit_rate"] is not None
+    # The X-Cache answers were tallied per scenario, and agree with the server's counters.
+    by_scenario = summary["cache_by_scenario"]
+    assert by_scenario["hot_answers_load"] > 0
+    assert by_scenario["cold_answers_load"] > 0
     prefill = summary["prefill"]
-    assert prefill["stop_reason"] == "full", prefill  # smoke prefills every worker's cache
-    assert all(f["size"] == f["max_size"] for f in prefill["fill"].values())
+    assert prefill["requests"] > 0, prefill  # smoke prefills too, within its 4 s cap
     # The window excludes it (prefill seconds are rounded to 0.01 s in the summary).
     assert summary["load_start_seconds"] >= prefill["seconds"] - 0.01
     report_dir = Path(summary["reports_dir"])
     for name in ("memory.csv", "memory.png", "locust_stats.csv", "locust.html", "server.log"):
         assert (report_dir / name).stat().st_size > 0, name
-    assert "VERDICT: PASS" in out
+    assert f"VERDICT: {summary['result']} (exit {code})" in out
+    assert re.search(r"loadtest: +\d+/15 s .* req/s .* total RSS .* slope", out), out
+    if summary["result"] == "INCONCLUSIVE":
+        assert "make loadtest DURATION=" in out
 
 
 def test_a_leaking_server_fails_on_memory_alone(tmp_path: Path) -> None:
     # No prefill: at 64 KiB per request its ~10k requests alone would blow the peak-RSS budget,
     # and here the point is that the slope and growth criteria catch a leak.
-    leak = ["--app", "loadtests.leaky_app:app", "--no-prefill"]
+    # A 15 s window (20 s, a quarter of warm-up) holds enough requests for the growth criterion.
+    leak = ["--app", "loadtests.leaky_app:app", "--no-prefill", "--duration", "20",
+            "--warmup-fraction", "0.25"]  # fmt: skip
     for item in [*NO_RECYCLING, "LEAKY_APP_KIB_PER_REQUEST=64"]:
         leak += ["--server-env", item]
     code, summary, out = _run(tmp_path, *leak)
@@ -80,7 +92,8 @@ def test_a_leaking_server_fails_on_memory_alone(tmp_path: Path) -> None:
     assert _failed(summary) == {"RSS slope after warm-up (Theil-Sen)", "RSS growth per 1k requests"}
     growth = next(c for c in summary["criteria"] if c["name"] == "RSS growth per 1k requests")
     assert 40 < growth["value"] < 120  # 64 KiB kept per request is 62.5 MB per 1k requests
-    assert "VERDICT: FAIL" in out
+    assert "VERDICT: FAIL (exit 1)" in out
+    assert summary["result"] == "FAIL"
 
 
 def test_a_server_death_stops_the_run_at_once(tmp_path: Path) -> None:

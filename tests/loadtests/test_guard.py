@@ -9,17 +9,19 @@ from pathlib import Path
 import pytest
 
 from loadtests.cgroups import CgroupFiles, cgroup_of
-from loadtests.guard import (
+from loadtests.guard import MemorySample
+from loadtests.thresholds import LoadSettings
+from loadtests.verdict import (
     MIB,
     MIN_WINDOW_SAMPLES,
     Criterion,
-    MemorySample,
     RunFacts,
     format_table,
     judge,
+    per_worker_slopes,
     requests_at,
+    worker_segments,
 )
-from loadtests.thresholds import LoadSettings
 
 LIMITS = LoadSettings(duration_seconds=100, warmup_fraction=0.5, max_rss_mb=400)
 
@@ -81,8 +83,11 @@ def test_a_leak_fails_slope_and_growth_with_the_true_rates() -> None:
     assert not verdict.passed
     assert got["RSS slope after warm-up (Theil-Sen)"].value == pytest.approx(6.0)
     assert got["RSS growth per 1k requests"].value == pytest.approx(1.0)
-    assert not got["RSS slope after warm-up (Theil-Sen)"].passed
+    assert got["RSS slope after warm-up (Theil-Sen)"].result == "FAIL"
+    # Exactly at its 1 MB/1k limit: neither above nor below it with confidence.
+    assert got["RSS growth per 1k requests"].result == "INCONCLUSIVE"
     assert got["peak total RSS"].passed
+    assert (verdict.result, verdict.exit_code) == ("FAIL", 1)
 
 
 def test_warm_up_growth_is_ignored_but_counted_in_the_peak() -> None:
@@ -133,16 +138,39 @@ def test_each_criterion_can_fail_on_its_own(overrides: dict[str, object], failin
     assert failed == [failing]
 
 
-def test_too_few_samples_or_requests_fail_rather_than_pass() -> None:
+def test_too_few_samples_or_requests_are_inconclusive_never_pass() -> None:
     short = _samples(lambda t: 150.0, seconds=MIN_WINDOW_SAMPLES)
     verdict = judge(_facts(short), LIMITS)
     got = _by_name(verdict.criteria)
-    assert not got["RSS slope after warm-up (Theil-Sen)"].passed
+    assert got["RSS slope after warm-up (Theil-Sen)"].result == "INCONCLUSIVE"
     assert "need >=" in got["RSS slope after warm-up (Theil-Sen)"].detail
+    assert (verdict.result, verdict.exit_code) == ("INCONCLUSIVE", 3)
+    assert verdict.suggested_duration_seconds is not None
+    assert verdict.suggested_duration_seconds > LIMITS.duration_seconds
+    table = format_table(verdict)
+    assert "VERDICT: INCONCLUSIVE (exit 3)" in table
+    assert table.splitlines()[-1].startswith("next: run about ")
     idle = judge(_facts(_samples(lambda t: 150.0), request_counts=[(0.0, 0), (100.0, 50)]), LIMITS)
     growth = _by_name(idle.criteria)["RSS growth per 1k requests"]
-    assert not growth.passed
+    assert growth.result == "INCONCLUSIVE"
     assert growth.value is None
+
+
+def test_a_hard_failure_wins_over_an_inconclusive_trend() -> None:
+    short = _samples(lambda t: 150.0, seconds=MIN_WINDOW_SAMPLES)
+    verdict = judge(_facts(short, p95_ms=5000.0), LIMITS)
+    assert (verdict.result, verdict.exit_code) == ("FAIL", 1)
+
+
+def test_a_recycle_step_inside_the_window_adds_no_slope() -> None:
+    # One worker replaced at t=70: total RSS drops 8 MB for good (a max_requests recycle).
+    samples = _samples(lambda t: 150.0 if t < 70 else 142.0)
+    samples = [replace(s, worker_rss_bytes={101 if s.t_seconds < 70 else 202: 0}) for s in samples]
+    verdict = judge(_facts(samples), LIMITS)
+    slope = _by_name(verdict.criteria)["RSS slope after warm-up (Theil-Sen)"]
+    assert slope.value == pytest.approx(0.0)
+    assert verdict.passed, format_table(verdict)
+    assert verdict.info["window_segments"] == 2
 
 
 def test_no_samples_at_all_fails() -> None:
@@ -172,7 +200,7 @@ def test_table_lists_every_criterion_and_the_verdict() -> None:
     assert "p95 latency                          2500" in table
     assert "rps=1.23e+03" in table
     passing = format_table(judge(_facts(_samples(lambda t: 150.0)), LIMITS))
-    assert passing.splitlines()[-1] == "VERDICT: PASS (memory bounded)"
+    assert passing.splitlines()[-1].startswith("VERDICT: PASS (exit 0)")
 
 
 def test_cgroup_v1_counters_are_read_from_their_files(tmp_path: Path) -> None:
@@ -208,3 +236,40 @@ def test_cgroup_of_finds_v1_memory_then_falls_back_to_v2(tmp_path: Path) -> None
     (root / "unified" / "u" / "memory.current").write_text("1\n")
     assert cgroup_of(42, proc_root=proc, root=root) == CgroupFiles(2, root / "unified" / "u")
     assert cgroup_of(43, proc_root=proc, root=root) is None
+
+
+def test_each_worker_gets_its_own_slope_and_a_recycled_one_ends() -> None:
+    samples = [
+        MemorySample(
+            t_seconds=float(t), epoch_seconds=float(t), total_rss_bytes=0, master_rss_bytes=0,
+            worker_rss_bytes={1: int((60 + t / 60) * MIB), 2 if t < 50 else 3: 70 * MIB},
+            total_uss_bytes=None, cgroup_usage_bytes=None, recycles=0,
+        )
+        for t in range(100)
+    ]  # fmt: skip
+    slopes = per_worker_slopes(samples, since=20.0)
+    assert slopes == {1: pytest.approx(1.0, abs=0.01), 2: 0.0, 3: 0.0}
+
+
+def test_a_worker_missing_for_one_tick_is_left_out_not_a_new_segment() -> None:
+    samples = _samples(lambda t: 150.0)
+    glitch = {60: {}, 61: {101: 100 * MIB}}  # t=60: the worker unreadable for one tick
+    samples = [replace(s, worker_rss_bytes=glitch.get(int(s.t_seconds), s.worker_rss_bytes))
+               for s in samples]  # fmt: skip
+    labels = worker_segments(samples)
+    assert labels[60] is None
+    assert set(labels) == {0, None}
+
+
+def test_a_recycle_settles_before_its_samples_count() -> None:
+    # A fresh worker at t=70 refills its cache for 20 s (+10 MB), then stays flat.
+    samples = [
+        replace(s, worker_rss_bytes={101 if s.t_seconds < 70 else 202: 0},
+                total_rss_bytes=int((150 + (min(s.t_seconds, 90) - 70) / 2
+                                     if s.t_seconds >= 70 else 150) * MIB))
+        for s in _samples(lambda t: 150.0)
+    ]  # fmt: skip
+    settled = judge(_facts(samples), replace(LIMITS, recycle_settle_seconds=25))
+    assert _by_name(settled.criteria)["RSS slope after warm-up (Theil-Sen)"].value == 0.0
+    unsettled = judge(_facts(samples), LIMITS)
+    assert _by_name(unsettled.criteria)["RSS slope after warm-up (Theil-Sen)"].value != 0.0

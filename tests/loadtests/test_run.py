@@ -12,12 +12,13 @@ from pathlib import Path
 import pytest
 
 from loadtests.chart import render_chart
-from loadtests.guard import MIB, MemorySample, RunFacts, judge
+from loadtests.guard import MemorySample
 from loadtests.locust_io import read_locust_results
 from loadtests.report import write_memory_csv
 from loadtests.run import build_parser
 from loadtests.server import cache_report, payload_bound_kib, server_env, stop_process
 from loadtests.thresholds import LoadSettings, Plan
+from loadtests.verdict import MIB, RunFacts, judge
 from tests.loadtests.fakes import JSONHandler, serving
 
 STATS_HEADER = ["Type", "Name", "Request Count", "Failure Count", "Max Response Time",
