@@ -11,12 +11,14 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
-from fastapi import FastAPI
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
 from prometheus_client import CollectorRegistry
 from starlette.concurrency import run_in_threadpool
 
 from app.api.deps import AppState
 from app.api.routes import admin, health, metrics, payload, users
+from app.cache_redis import RedisTier
 from app.core.config import MIB, Settings, get_settings, log_settings
 from app.core.draining import DrainMiddleware, worker_drain
 from app.core.logging import RequestIdMiddleware, configure_logging
@@ -30,9 +32,10 @@ from app.core.metrics import (
     shared_snapshot_dir,
 )
 from app.services.users import UserDataService
-from app.store import UserStore, ensure_seeded
+from app.store import StoreBackend, StoreUnavailableError, ensure_seeded
 from app.version import VERSION
 from memsafe.cleanup import CleanupConfig, MemoryCleanupService
+from memsafe.invalidation import InvalidationListener
 from memsafe.manager import CacheManager
 from memsafe.middleware import MemoryMonitor, MemoryMonitorMiddleware
 from memsafe.probes import process_rss_bytes
@@ -79,9 +82,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     """Per worker: caches, store, cleanup service up; all of it down again on shutdown."""
     state: AppState = app.state.runtime
     settings = state.settings
-    store_settings = settings.store
-    # Seeding takes ~0.1 s once per fresh clone; under gunicorn on_starting has done it already.
-    await run_in_threadpool(ensure_seeded, store_settings.path, store_settings.seed_users)
+    store = await open_store(settings)
     budget_mb = settings.caches.total_budget_mb
     manager = CacheManager(max_total_bytes=budget_mb * MIB if budget_mb is not None else None)
     cache_settings = settings.caches.users
@@ -91,22 +92,43 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         ttl_seconds=cache_settings.ttl_seconds,
         max_bytes=cache_settings.max_bytes,
     )
-    store = UserStore(store_settings.path)
     cleanup = MemoryCleanupService(
         cleanup_config(settings), manager=manager, recycle=recycle_worker
     )
     state.manager, state.store = manager, store
-    state.users = UserDataService(store, cache, offload_reads=store_settings.offload_reads)
+    coherence = settings.coherence
+    state.shared_tier = shared_tier(settings)
+    users_service = UserDataService(
+        store,
+        cache,
+        shared=state.shared_tier,
+        degraded_ttl_seconds=coherence.degraded_ttl_seconds,
+        fence_max_keys=coherence.fence_max_keys,
+        fence_ttl_seconds=coherence.fence_ttl_seconds,
+    )
+    tiers = users_service.tiers
+    listener = InvalidationListener(
+        store.subscribe,
+        tiers.apply,
+        on_up=lambda: tiers.set_degraded(False),
+        on_down=lambda: tiers.set_degraded(True),
+        reconnect_min_seconds=coherence.reconnect_min_seconds,
+        reconnect_max_seconds=coherence.reconnect_max_seconds,
+        name=f"{store.kind} invalidation",
+    )
+    listener.start()
+    state.listener = listener
+    state.users = users_service
     cleanup.start()
     state.cleanup = cleanup
     worker_drain.bind_loop(asyncio.get_running_loop())
     publisher = _start_publisher(state)
     logger.info(
-        "worker ready: %d users in %s, cache %r max_size=%d, rss %.1f MiB",
-        store_settings.seed_users,
-        store_settings.path,
+        "worker ready: %s store, cache %r max_size=%d, key value %s, rss %.1f MiB",
+        store.kind,
         USERS_CACHE,
         cache_settings.max_size,
+        "on" if state.shared_tier is not None else "off",
         process_rss_bytes() / MIB,
     )
     try:
@@ -121,12 +143,84 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         if state.shared is not None:
             state.shared.remove(os.getpid())
             state.shared = None
+        await listener.stop()
+        state.listener = None
         await cleanup.stop()
         state.cleanup = None
         manager.reset()
-        store.close()
+        if state.shared_tier is not None:
+            await state.shared_tier.close()
+            state.shared_tier = None
+        await store.close()
         state.store = None
         logger.info("worker stopped: cleanup, caches and store closed")
+
+
+async def open_store(settings: Settings) -> StoreBackend:
+    """PostgreSQL when store.database_url (DATABASE_URL) is set, else the SQLite file.
+
+    Migrating and seeding take ~0.1 s once; under gunicorn on_starting has done it already
+    and this is a no-op check.
+    """
+    conf = settings.store
+    backend: StoreBackend
+    if conf.database_url is not None:
+        from app.store_pg import PostgresStore, migrate_and_seed
+
+        url = conf.database_url.get_secret_value()
+        await run_in_threadpool(
+            migrate_and_seed,
+            url,
+            schema=conf.database_schema,
+            seed_users=conf.seed_users,
+            connect_timeout_seconds=conf.connect_timeout_seconds,
+        )
+        backend = PostgresStore(
+            url,
+            schema=conf.database_schema,
+            pool_min_size=conf.pool_min_size,
+            pool_max_size=conf.pool_max_size,
+            pool_timeout_seconds=conf.pool_timeout_seconds,
+            connect_timeout_seconds=conf.connect_timeout_seconds,
+            statement_timeout_ms=conf.statement_timeout_ms,
+        )
+    else:
+        from app.store_sqlite import SQLiteStore
+
+        await run_in_threadpool(ensure_seeded, conf.path, conf.seed_users)
+        backend = SQLiteStore(
+            conf.path,
+            offload_reads=conf.offload_reads,
+            poll_interval_seconds=conf.poll_interval_seconds,
+            change_log_rows=conf.change_log_rows,
+        )
+    await backend.open()
+    return backend
+
+
+def shared_tier(settings: Settings) -> RedisTier | None:
+    """The Key Value second tier when coherence.redis_url (REDIS_URL) is set."""
+    conf = settings.coherence
+    if conf.redis_url is None:
+        return None
+    return RedisTier(
+        conf.redis_url.get_secret_value(),
+        prefix=conf.key_prefix,
+        ttl_seconds=conf.shared_ttl_seconds,
+        timeout_seconds=conf.redis_timeout_seconds,
+        max_connections=conf.redis_max_connections,
+        retry_min_seconds=conf.reconnect_min_seconds,
+        retry_max_seconds=conf.reconnect_max_seconds,
+    )
+
+
+async def _store_unavailable(request: Request, exc: Exception) -> JSONResponse:
+    logger.warning("store unavailable on %s: %s", request.url.path, exc)
+    return JSONResponse(
+        {"detail": "the user store is unavailable; retry shortly", "error": "store_unavailable"},
+        status_code=503,
+        headers={"Retry-After": "1"},
+    )
 
 
 def _start_publisher(state: AppState) -> asyncio.Task[None] | None:
@@ -170,6 +264,8 @@ def _snapshot(state: AppState) -> Snapshot:
     snap["rss_bytes"] = process_rss_bytes()
     if state.manager is not None:
         snap["caches"] = state.manager.get_cache_stats()["caches"]
+    if state.users is not None:
+        snap["tiers"] = dict(state.users.tier_stats())
     if state.cleanup is not None:
         stats: dict[str, Any] = state.cleanup.stats()
         snap["cleanup"] = {
@@ -207,6 +303,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         monitor=monitor if monitor_settings.enabled else None,
     )
     app.state.runtime = state
+    app.add_exception_handler(StoreUnavailableError, _store_unavailable)
     registry = CollectorRegistry(auto_describe=False)
     registry.register(LiveCollector(lambda: _snapshot(state), lambda pid: _others(state, pid)))
     app.state.prometheus_registry = registry

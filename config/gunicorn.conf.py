@@ -105,10 +105,21 @@ if _server.max_worker_rss_mb is not None:
 
 
 def on_starting(server: Any) -> None:
-    """Create and seed the SQLite store once, in the master, before any worker starts."""
+    """Create, migrate and seed the store once, in the master, before any worker starts."""
+    store = _settings.store
+    if store.database_url is not None:
+        from app.store_pg import migrate_and_seed
+
+        migrate_and_seed(
+            store.database_url.get_secret_value(),
+            schema=store.database_schema,
+            seed_users=store.seed_users,
+            connect_timeout_seconds=store.connect_timeout_seconds,
+        )
+        return
     from app.store import ensure_seeded
 
-    ensure_seeded(_settings.store.path, _settings.store.seed_users)
+    ensure_seeded(store.path, store.seed_users)
 
 
 def on_exit(server: Any) -> None:

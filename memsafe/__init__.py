@@ -15,8 +15,10 @@ from memsafe.cleanup import (
     start_memory_cleanup,
     stop_memory_cleanup,
 )
+from memsafe.coherent import CoherentCache, SharedTier, TierStats
 from memsafe.decorators import cached
 from memsafe.errors import MemsafeError
+from memsafe.invalidation import Invalidation, InvalidationListener, ListenerStats
 from memsafe.manager import CacheManager, cache_manager
 from memsafe.middleware import (
     MemoryMonitor,
@@ -43,8 +45,12 @@ __all__ = [
     "CacheStats",
     "CleanupConfig",
     "CleanupEvent",
+    "CoherentCache",
     "ContainerMemory",
+    "Invalidation",
+    "InvalidationListener",
     "LRUCache",
+    "ListenerStats",
     "MemoryCleanupService",
     "MemoryMonitor",
     "MemoryMonitorMiddleware",
@@ -53,7 +59,9 @@ __all__ = [
     "MetricsCollector",
     "RSSRecycler",
     "ReleaseResult",
+    "SharedTier",
     "SingletonMeta",
+    "TierStats",
     "cache_manager",
     "cached",
     "check_worker_rss",

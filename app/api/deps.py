@@ -11,10 +11,12 @@ from fastapi import Depends, HTTPException, Request, status
 from app.core.config import Settings
 
 if TYPE_CHECKING:
+    from app.cache_redis import RedisTier
     from app.core.metrics import RequestMetrics, SharedSnapshots
     from app.services.users import UserDataService
-    from app.store import UserStore
+    from app.store import StoreBackend
     from memsafe.cleanup import MemoryCleanupService
+    from memsafe.invalidation import InvalidationListener
     from memsafe.manager import CacheManager
     from memsafe.middleware import MemoryMonitor
 
@@ -28,8 +30,10 @@ class AppState:
     request_metrics: RequestMetrics
     monitor: MemoryMonitor | None
     manager: CacheManager | None = None
-    store: UserStore | None = None
+    store: StoreBackend | None = None
     users: UserDataService | None = None
+    listener: InvalidationListener | None = None
+    shared_tier: RedisTier | None = None
     cleanup: MemoryCleanupService | None = None
     shared: SharedSnapshots | None = None
 
@@ -89,3 +93,17 @@ async def require_admin(request: Request) -> None:
     expected = token.get_secret_value().encode("utf-8")
     if not hmac.compare_digest(given.strip().encode("utf-8"), expected):
         raise HTTPException(status.HTTP_403_FORBIDDEN, "admin token is wrong")
+
+
+async def require_write_token(request: Request) -> None:
+    """Writes need `Authorization: Bearer <ADMIN_TOKEN>`: a deployed demo cannot be defaced.
+
+    Raises:
+        HTTPException: 401 without a bearer token, 403 with a wrong one or when no
+            ADMIN_TOKEN is set (writes are then off).
+    """
+    if _state(request).settings.admin.token is None:
+        raise HTTPException(
+            status.HTTP_403_FORBIDDEN, "writes are disabled: set ADMIN_TOKEN to enable them"
+        )
+    await require_admin(request)

@@ -163,6 +163,20 @@ def families(snapshots: list[Snapshot]) -> Iterator[Metric]:
     cache_bytes = GaugeMetricFamily(
         "app_cache_bytes", "Bytes held by the cache", labels=["pid", "cache"]
     )
+    tier_counters = {
+        name: CounterMetricFamily(f"app_users_{name}", f"Users cache {help_}", labels=["pid"])
+        for name, help_ in (
+            ("l1_hits", "per-worker tier hits"),
+            ("l1_misses", "per-worker tier misses"),
+            ("l2_hits", "shared (Key Value) tier hits"),
+            ("l2_misses", "shared (Key Value) tier misses"),
+            ("invalidations", "invalidations applied"),
+        )
+    }
+    tier_rates = {
+        name: GaugeMetricFamily(f"app_users_{name}", f"Users cache {name}", labels=["pid"])
+        for name in ("l1_hit_rate", "l2_hit_rate", "degraded")
+    }
     cleanup_passes = CounterMetricFamily("app_cleanup_passes", "Cleanup passes", labels=["pid"])
     cleanup_failures = CounterMetricFamily(
         "app_cleanup_failures", "Failed cleanup passes", labels=["pid"]
@@ -191,6 +205,12 @@ def families(snapshots: list[Snapshot]) -> Iterator[Metric]:
                 family.add_metric([pid, cache], stats.get(name, 0))
             cache_size.add_metric([pid, cache], stats.get("size", 0))
             cache_bytes.add_metric([pid, cache], stats.get("bytes", 0))
+        tiers = snap.get("tiers")
+        if tiers:
+            for name, family in tier_counters.items():
+                family.add_metric([pid], tiers.get(name, 0))
+            for name, gauge in tier_rates.items():
+                gauge.add_metric([pid], float(tiers.get(f"is_{name}", tiers.get(name, 0))))
         cleanup = snap.get("cleanup")
         if cleanup:
             cleanup_passes.add_metric([pid], cleanup.get("passes", 0))
@@ -205,6 +225,8 @@ def families(snapshots: list[Snapshot]) -> Iterator[Metric]:
     yield from cache_counters.values()
     yield cache_size
     yield cache_bytes
+    yield from tier_counters.values()
+    yield from tier_rates.values()
     yield cleanup_passes
     yield cleanup_failures
     yield cleanup_full_gcs

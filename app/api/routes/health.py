@@ -8,11 +8,27 @@ from typing import Any
 
 from fastapi import APIRouter
 
-from app.api.deps import StateDep
+from app.api.deps import AppState, StateDep
 from app.version import VERSION
 from memsafe.probes import container_memory, process_rss_bytes
 
 router = APIRouter(tags=["health"])
+
+
+async def coherence_checks(state: AppState) -> dict[str, dict[str, Any]]:
+    """The invalidation channel and the Key Value tier: "ok", or "degraded" while down."""
+    checks: dict[str, dict[str, Any]] = {}
+    if state.listener is not None and state.store is not None:
+        stats = state.listener.stats()
+        checks["invalidation"] = {
+            "status": "ok" if stats["is_connected"] else "degraded",
+            "channel": state.store.kind,
+            **stats,
+        }
+    if state.shared_tier is not None:
+        is_up = await state.shared_tier.ping()
+        checks["shared_cache"] = {"status": "ok" if is_up else "degraded", "engine": "key value"}
+    return checks
 
 
 @router.get("/health")
@@ -20,8 +36,14 @@ async def health(state: StateDep) -> dict[str, Any]:
     """Status, version, uptime, pid, RSS, container memory, cleanup level and cache stats."""
     container = container_memory()
     cleanup = state.cleanup
+    checks = await coherence_checks(state)
+    status = "ok" if state.users is not None else "starting"
+    if status == "ok" and any(check["status"] != "ok" for check in checks.values()):
+        status = "degraded"
     return {
-        "status": "ok" if state.users is not None else "starting",
+        "status": status,
+        "checks": checks,
+        "tiers": state.users.tier_stats() if state.users is not None else {},
         "version": VERSION,
         "uptime_seconds": round(time.monotonic() - state.started_at, 3),
         "pid": os.getpid(),
