@@ -66,9 +66,11 @@ class Server:
 ServerFactory = Callable[..., Server]
 
 
-def spawn(tmp_path: Path, env_overrides: dict[str, str], profile: str = "local") -> Server:
+def spawn(
+    tmp_path: Path, env_overrides: dict[str, str], profile: str = "local", port: int | None = None
+) -> Server:
     """Start gunicorn exactly like `make run`, with a private data dir and the given env."""
-    port = free_port()
+    port = port or free_port()
     env = {
         key: value
         for key, value in os.environ.items()
