@@ -143,4 +143,4 @@ class RedisTier:
 
     async def close(self) -> None:
         """Close the pool's connections."""
-        await self.client.aclose()
+        await self.client.aclose(close_connection_pool=True)
