@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any, TypedDict
 
@@ -32,6 +34,8 @@ class RedisTierStats(TypedDict):
     is_available: bool
     errors: int
     last_error: str | None
+    pending_writes: int
+    dropped_writes: int
 
 
 class RedisTier:
@@ -40,6 +44,9 @@ class RedisTier:
     Every call has `timeout_seconds`; a failure marks the tier unavailable for a backoff that
     doubles up to `retry_max_seconds`, during which gets are misses without a network call.
     So a Key Value outage costs the database some extra reads, never a 5xx or a slow request.
+    Writes that could not reach the server (the newest `max_pending` keys) are replayed,
+    newer-only, when it answers again, so a partition cannot leave an old row there until
+    its TTL; beyond that bound the oldest are dropped and counted.
 
     Thread safety: asyncio only (one event loop per worker).
     """
@@ -54,6 +61,7 @@ class RedisTier:
         max_connections: int = 8,
         retry_min_seconds: float = 0.1,
         retry_max_seconds: float = 5.0,
+        max_pending: int = 1000,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         pool = aioredis.BlockingConnectionPool.from_url(
@@ -75,6 +83,9 @@ class RedisTier:
         self._available = True
         self._errors = 0
         self._last_error: str | None = None
+        self._max_pending = max_pending
+        self._pending: OrderedDict[str, tuple[int, bytes]] = OrderedDict()
+        self._dropped = 0
 
     @property
     def is_available(self) -> bool:
@@ -120,10 +131,31 @@ class RedisTier:
 
     async def set_if_newer(self, key: str, version: int, data: bytes) -> None:
         """Store `data` at `version` unless a newer copy is there; TTL set on the server."""
+        if await self._call(lambda: self._set(key, version, data)) is None:
+            self._remember(key, version, data)
+        elif self._pending:
+            await self._replay()
+
+    async def _set(self, key: str, version: int, data: bytes) -> Any:
         value = str(version).encode() + b"|" + data
-        await self._call(
-            lambda: self._script(keys=[self.prefix + key], args=[version, value, self.ttl_seconds])
-        )
+        return await self._script(keys=[self.prefix + key], args=[version, value, self.ttl_seconds])
+
+    def _remember(self, key: str, version: int, data: bytes) -> None:
+        old = self._pending.pop(key, None)
+        if old is not None and old[0] > version:
+            version, data = old
+        self._pending[key] = (version, data)
+        if len(self._pending) > self._max_pending:
+            self._pending.popitem(last=False)
+            self._dropped += 1
+
+    async def _replay(self) -> None:
+        while self._pending:
+            key, (version, data) = self._pending.popitem(last=False)
+            result = await self._call(functools.partial(self._set, key, version, data))
+            if result is None:
+                self._remember(key, version, data)
+                return
 
     async def ping(self) -> bool:
         """True when the server answers now (used by /health, bypassing the backoff)."""
@@ -133,12 +165,18 @@ class RedisTier:
             self._failed(exc)
             return False
         self._succeeded()
+        if self._pending:
+            await self._replay()
         return True
 
     def stats(self) -> RedisTierStats:
         """Availability and error counters."""
         return RedisTierStats(
-            is_available=self._available, errors=self._errors, last_error=self._last_error
+            is_available=self._available,
+            errors=self._errors,
+            last_error=self._last_error,
+            pending_writes=len(self._pending),
+            dropped_writes=self._dropped,
         )
 
     async def close(self) -> None:

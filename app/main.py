@@ -44,6 +44,7 @@ from memsafe.recycle import current_worker
 logger = logging.getLogger(__name__)
 
 USERS_CACHE = "users"
+STORE_ERROR_LOG_INTERVAL_SECONDS = 1.0  # at most one "store unavailable" line a second
 
 
 def cleanup_config(settings: Settings) -> CleanupConfig:
@@ -209,13 +210,41 @@ def shared_tier(settings: Settings) -> RedisTier | None:
         ttl_seconds=conf.shared_ttl_seconds,
         timeout_seconds=conf.redis_timeout_seconds,
         max_connections=conf.redis_max_connections,
+        max_pending=conf.redis_max_pending_writes,
         retry_min_seconds=conf.reconnect_min_seconds,
         retry_max_seconds=conf.reconnect_max_seconds,
     )
 
 
+class _EveryFewSeconds:
+    """Log at most one line per interval (a database outage must not flood the log)."""
+
+    def __init__(self, interval_seconds: float) -> None:
+        self.interval_seconds = interval_seconds
+        self._next = 0.0
+        self.suppressed = 0
+
+    def allow(self) -> bool:
+        now = time.monotonic()
+        if now < self._next:
+            self.suppressed += 1
+            return False
+        self._next = now + self.interval_seconds
+        return True
+
+
+_store_error_log = _EveryFewSeconds(STORE_ERROR_LOG_INTERVAL_SECONDS)
+
+
 async def _store_unavailable(request: Request, exc: Exception) -> JSONResponse:
-    logger.warning("store unavailable on %s: %s", request.url.path, exc)
+    if _store_error_log.allow():
+        logger.warning(
+            "store unavailable on %s: %s (%d similar lines suppressed)",
+            request.url.path,
+            exc,
+            _store_error_log.suppressed,
+        )
+        _store_error_log.suppressed = 0
     return JSONResponse(
         {"detail": "the user store is unavailable; retry shortly", "error": "store_unavailable"},
         status_code=503,

@@ -183,6 +183,7 @@ class CoherenceSettings(_Section):
     shared_ttl_seconds: int = Field(default=300, ge=1, le=86_400 * 7)
     redis_timeout_seconds: float = Field(default=0.25, gt=0, le=30)
     redis_max_connections: int = Field(default=8, ge=1, le=1000)
+    redis_max_pending_writes: int = Field(default=1000, ge=0, le=1_000_000)
     key_prefix: str = Field(default="memsafe:users:", min_length=1, max_length=100)
 
 

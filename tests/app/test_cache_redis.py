@@ -58,3 +58,38 @@ def test_an_unreachable_server_is_a_fast_miss_then_retried_after_backoff() -> No
             await tier.close()
 
     asyncio.run(main())
+
+
+def test_writes_made_while_unreachable_are_replayed_newer_only(monkeypatch: object) -> None:
+    url, prefix = redis_url(), unique_name() + ":"
+
+    async def main() -> tuple[object, object, dict[str, object]]:
+        tier = RedisTier(url, prefix=prefix, ttl_seconds=60, max_pending=2, retry_min_seconds=0.01)
+        real_set = tier._set
+        broken = [True]
+
+        async def flaky_set(key: str, version: int, data: bytes) -> object:
+            if broken[0]:
+                raise redis.ConnectionError("partition")
+            return await real_set(key, version, data)
+
+        tier._set = flaky_set  # type: ignore[method-assign]  # the network edge of a unit test
+        try:
+            await tier.set_if_newer("1", 1, b"old")
+            await asyncio.sleep(0.02)
+            await tier.set_if_newer("1", 2, b"new")  # replaces the pending v1
+            await asyncio.sleep(0.03)
+            await tier.set_if_newer("2", 1, b"a")
+            await asyncio.sleep(0.05)
+            await tier.set_if_newer("3", 1, b"b")  # over max_pending: the oldest is dropped
+            stats = dict(tier.stats())
+            broken[0] = False
+            await asyncio.sleep(0.2)
+            assert await tier.ping()
+            return await tier.get("2"), await tier.get("3"), stats
+        finally:
+            await tier.close()
+
+    two, three, stats = asyncio.run(main())
+    assert (stats["pending_writes"], stats["dropped_writes"]) == (2, 1)
+    assert (two, three) == ((1, b"a"), (1, b"b"))

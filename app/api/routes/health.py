@@ -19,11 +19,12 @@ async def coherence_checks(state: AppState) -> dict[str, dict[str, Any]]:
     """The invalidation channel and the Key Value tier: "ok", or "degraded" while down."""
     checks: dict[str, dict[str, Any]] = {}
     if state.listener is not None and state.store is not None:
+        # Public: state only. Error texts (hosts, ports) stay in the log and /admin.
         stats = state.listener.stats()
         checks["invalidation"] = {
             "status": "ok" if stats["is_connected"] else "degraded",
             "channel": state.store.kind,
-            **stats,
+            "down_seconds": stats["down_seconds"],
         }
     if state.shared_tier is not None:
         is_up = await state.shared_tier.ping()
