@@ -169,6 +169,10 @@ class CoherentCache(Generic[V]):
             else:
                 self._l2_stale += 1
         version, value = await self._loader(key)
+        # The loader read the source after the fenced change was announced (announcements
+        # follow commits), so its answer is at least that new even when its own version is
+        # lower: a deleted row reads as (0, None).
+        version = max(version, fence)
         self._fill(key, version, value, flight)
         if shared is not None:
             await shared.set_if_newer(self._shared_key(key), version, self._encode(value))  # type: ignore[misc]  # set with shared

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import TypeVar
 
@@ -114,7 +114,7 @@ def test_a_write_reaches_another_workers_subscription(make_store: StoreFactory) 
     run(make_store, body)
 
 
-def test_a_dead_database_raises_store_unavailable(tmp_path: Path) -> None:
+def test_a_dead_database_raises_store_unavailable() -> None:
     async def main() -> None:
         store = PostgresStore(
             "postgresql://postgres@127.0.0.1:1/none",
@@ -157,8 +157,3 @@ def test_migrations_run_once_and_seed_only_an_empty_table() -> None:
 def test_schema_names_are_plain_identifiers(bad: str) -> None:
     with pytest.raises(ValueError, match="schema must match"):
         check_schema(bad)
-
-
-async def _drain(events: AsyncIterator[object]) -> None:
-    async for _ in events:
-        pass

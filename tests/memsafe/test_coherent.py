@@ -225,3 +225,19 @@ def test_a_cancelled_caller_does_not_cancel_the_shared_load() -> None:
 def test_bad_arguments_name_the_value(kwargs: dict[str, object], match: str) -> None:
     with pytest.raises(ValueError, match=match):
         CoherentCache(LRUCache(max_size=1), Source().load, **kwargs)  # type: ignore[arg-type]
+
+
+def test_a_deleted_key_is_cached_again_after_its_invalidation() -> None:
+    source = Source()
+    source.rows[1] = (1, "a")
+    cache = _cache(source)
+
+    async def main() -> None:
+        assert await cache.get(1) == "a"
+        del source.rows[1]  # deleted elsewhere at version 2; the source now answers (0, None)
+        cache.apply([Invalidation(1, 2)])
+        assert await cache.get(1) is None
+        assert await cache.get(1) is None
+
+    asyncio.run(main())
+    assert source.loads == 2  # the second read of the deleted key is a hit
