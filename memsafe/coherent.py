@@ -196,10 +196,18 @@ class CoherentCache(Generic[V]):
             await self.shared.set_if_newer(self._shared_key(key), version, self._encode(value))  # type: ignore[misc]  # set with shared
 
     def invalidate(self, key: Hashable, version: int) -> None:
-        """`key` changed to `version` elsewhere: drop it here and fence older copies out."""
+        """`key` changed to `version` elsewhere: drop it here and fence older copies out.
+
+        A version at or below the key's fence is already known (the echo of this process's
+        own write, or a repeat): every entry and load since that fence is at least as new,
+        so nothing is dropped. Version 0 means "unknown" and always drops.
+        """
         self._invalidations += 1
+        fence = self._fences.get(key, 0)
+        if 0 < version <= fence:
+            return
         self.local.delete(key)
-        if version > self._fences.get(key, 0):
+        if version > fence:
             self._fences.set(key, version)
         flight = self._flights.pop(key, None)
         if flight is not None:

@@ -241,3 +241,19 @@ def test_a_deleted_key_is_cached_again_after_its_invalidation() -> None:
 
     asyncio.run(main())
     assert source.loads == 2  # the second read of the deleted key is a hit
+
+
+def test_the_echo_of_an_own_write_keeps_the_fresh_entry() -> None:
+    source = Source()
+    source.rows[1] = (1, "a")
+    cache = _cache(source)
+
+    async def main() -> None:
+        await cache.put(1, 2, "b")  # this process wrote version 2
+        cache.apply([Invalidation(1, 2)])  # ... and hears its own notification
+        assert await cache.get(1) == "b"
+        cache.apply([Invalidation(1, 0)])  # an unversioned invalidation always drops
+        assert await cache.get(1) == "a"
+
+    asyncio.run(main())
+    assert source.loads == 1
