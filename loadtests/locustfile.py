@@ -7,8 +7,8 @@ The shape reads -u (peak users), -r (spawn rate) and -t (run time) from Locust's
 
 Writes scenario (off unless LOADTEST_WRITES=1; needs ADMIN_TOKEN, the server's): a writer
 PATCHes hot users (about 5 % of all requests), then after LOADTEST_STALE_BOUND_MS (100)
-reads each one back on fresh connections from every host in LOADTEST_READ_HOSTS (default:
-the target; list every instance for a multi-instance run). A read that still shows an
+reads each one back on fresh connections from the target and from every other instance in
+LOADTEST_OTHER_HOSTS (comma-separated base URLs). A read that still shows an
 older value is a failure named "stale after write"; at the end each host's /health tiers
 (per-worker and Key Value hit rates) are printed.
 """
@@ -49,7 +49,7 @@ DEFAULT_SPAWN_RATE = 10.0
 
 WRITES = os.environ.get("LOADTEST_WRITES", "") == "1"
 STALE_BOUND_SECONDS = float(os.environ.get("LOADTEST_STALE_BOUND_MS", "100")) / 1000
-READ_HOSTS = [h for h in os.environ.get("LOADTEST_READ_HOSTS", "").split(",") if h]
+OTHER_HOSTS = [h for h in os.environ.get("LOADTEST_OTHER_HOSTS", "").split(",") if h]
 READS_PER_HOST = 2  # fresh connections per host after each write: they land on any worker
 STALE_NAME = "/users/{id} [stale after write]"
 _writing: set[int] = set()  # ids a writer is checking: two writers never race on one id
@@ -149,7 +149,7 @@ if WRITES:
                     response.failure(f"PATCH returned {response.status_code}")
                     return
             time.sleep(STALE_BOUND_SECONDS)
-            for host in READ_HOSTS or [self.host]:
+            for host in [self.host, *OTHER_HOSTS]:
                 for _ in range(READS_PER_HOST):
                     with self.client.get(
                         f"{host}/users/{user_id}", headers={"Connection": "close"},
@@ -162,7 +162,7 @@ if WRITES:
 def _print_tiers(environment: Any, **_kwargs: Any) -> None:
     if not WRITES:
         return
-    for host in READ_HOSTS or [environment.host]:
+    for host in [environment.host, *OTHER_HOSTS]:
         seen: dict[int, dict[str, Any]] = {}
         for _ in range(12):  # several probes reach several workers
             try:
