@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import pytest
 
 from app.core.config import SettingsError, load_settings
-from tests.app.conftest import ProfileWriter
+from tests.app.conftest import ROOT, ProfileWriter
 
 
 @pytest.mark.parametrize(
@@ -52,3 +56,17 @@ def test_bad_store_settings_name_the_key(
 ) -> None:
     with pytest.raises(SettingsError, match=message.replace(".", r"\.")):
         load_settings(write_profile(overrides))
+
+
+def test_the_embedded_default_imports_no_server_client() -> None:
+    # redis-py and psycopg add ~6 and ~9 MiB per worker: only DATABASE_URL/REDIS_URL load them.
+    code = (
+        "import sys; from app.main import create_app; from app.core.config import load_settings; "
+        "create_app(load_settings('config/local.yaml')); "
+        "print(sorted(m for m in ('redis', 'psycopg', 'psycopg_pool') if m in sys.modules))"
+    )
+    env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "REDIS_URL")}
+    done = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, check=True
+    )
+    assert done.stdout.strip().splitlines()[-1] == "[]"
