@@ -161,7 +161,9 @@ class PostgresStore:
             timeout=pool_timeout_seconds,
             open=False,
             check=AsyncConnectionPool.check_connection,
-            reconnect_timeout=0,  # keep retrying in the background; reads fail fast meanwhile
+            # A lost connection is replaced in the background with backoff for up to a minute
+            # (then on demand); requests meanwhile wait at most pool_timeout_seconds: 503.
+            reconnect_timeout=60,
             kwargs={
                 "autocommit": True,
                 "connect_timeout": connect_timeout_seconds,
