@@ -108,8 +108,8 @@ class ThrowawayPostgres:
     def url(self) -> str:
         return f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
 
-    def _as_postgres(self, *args: str) -> None:
-        subprocess.run(["runuser", "-u", "postgres", "--", *args], check=True, capture_output=True)
+    def _as_postgres(self, *args: str, check: bool = True) -> None:
+        subprocess.run(["runuser", "-u", "postgres", "--", *args], check=check, capture_output=True)
 
     def init(self) -> None:
         self.datadir.mkdir(parents=True)
@@ -141,6 +141,7 @@ class ThrowawayPostgres:
         _wait_port(self.port, up=True)
 
     def stop(self) -> None:
+        """Fast shutdown; a cluster that is already down is fine (a test may fail mid-outage)."""
         self._as_postgres(
-            str(PG_BIN / "pg_ctl"), "-D", str(self.datadir), "-m", "fast", "-w", "stop"
+            str(PG_BIN / "pg_ctl"), "-D", str(self.datadir), "-m", "fast", "-w", "stop", check=False
         )
