@@ -129,3 +129,22 @@ def test_writes_are_off_without_an_admin_token(
     response = c.post("/users", json=NEW, headers=AUTH)
     assert response.status_code == 403
     assert "ADMIN_TOKEN" in response.json()["detail"]
+
+
+def test_a_store_failure_is_a_503_naming_the_error(
+    write_profile: ProfileWriter, make_client: ClientFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from app.store import StoreUnavailableError
+
+    c = make_client(load_settings(write_profile()))
+    store = c.app.state.runtime.store  # type: ignore[attr-defined]  # the app built by create_app
+
+    async def down(*_args: object, **_kwargs: object) -> None:
+        raise StoreUnavailableError("postgres store: OperationalError: server closed")
+
+    monkeypatch.setattr(store, "get_user", down)  # the database edge of this unit test
+    response = c.get("/users/77")
+    assert response.status_code == 503
+    assert response.json()["error"] == "store_unavailable"
+    assert "OperationalError" not in response.text  # internals stay in the log
+    assert response.headers["retry-after"] == "1"
