@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import functools
 import logging
 from collections.abc import Awaitable, Callable, Hashable, Sequence
 from typing import Any, Generic, Protocol, TypedDict, TypeVar
@@ -58,11 +57,10 @@ def _rate(hits: int, misses: int) -> float:
 
 
 class _Flight:
-    __slots__ = ("is_stale", "task")
+    __slots__ = ("future", "is_stale")
 
-    task: asyncio.Task[Any]
-
-    def __init__(self) -> None:
+    def __init__(self, future: asyncio.Future[Any]) -> None:
+        self.future = future
         self.is_stale = False
 
 
@@ -113,6 +111,7 @@ class CoherentCache(Generic[V]):
             max_size=fence_max_keys, ttl_seconds=fence_ttl_seconds, name=f"{local.name}.fences"
         )
         self._flights: dict[Hashable, _Flight] = {}
+        self._has_fences = False  # until the first invalidation a miss skips the fence lookups
         self._degraded = True  # until the channel says it listens, nothing is known fresh
         self._l2_hits = self._l2_misses = self._l2_stale = 0
         self._loads = self._joined = self._discarded = self._invalidations = 0
@@ -136,26 +135,49 @@ class CoherentCache(Generic[V]):
 
     async def get(self, key: Hashable) -> V:
         """The value for `key` from the first tier that has a fresh one."""
-        entry = self.local.get(key)
-        if entry is not None:
-            return entry[1]  # type: ignore[no-any-return]  # entries are (version, V)
-        flight = self._flights.get(key)
-        if flight is not None:
+        while True:
+            entry = self.local.get(key)
+            if entry is not None:
+                return entry[1]  # type: ignore[no-any-return]  # entries are (version, V)
+            flight = self._flights.get(key)
+            if flight is None:
+                return await self._lead(key)
             self._joined += 1
-        else:
-            self._loads += 1
-            flight = self._flights[key] = _Flight()
-            flight.task = asyncio.get_running_loop().create_task(self._load(key, flight))
-            flight.task.add_done_callback(functools.partial(self._land, key, flight))
-        # shield: a cancelled caller must not cancel the load other callers wait for.
-        return await asyncio.shield(flight.task)
+            try:
+                # shield: a cancelled follower must not cancel the leader's result.
+                return await asyncio.shield(flight.future)
+            except asyncio.CancelledError:
+                if not flight.future.cancelled():
+                    raise  # this follower was cancelled
+                # The leader was cancelled before it loaded: try again (maybe as leader).
 
-    def _land(self, key: Hashable, flight: _Flight, _task: object) -> None:
-        if self._flights.get(key) is flight:
-            del self._flights[key]
+    async def _lead(self, key: Hashable) -> V:
+        """Load `key` in this task; concurrent callers for the key wait on its future.
+
+        Running the load in the caller (no task per miss) keeps a miss as cheap as a plain
+        read-through; the future only exists for the callers that join.
+        """
+        self._loads += 1
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        flight = self._flights[key] = _Flight(future)
+        try:
+            value = await self._load(key, flight)
+        except asyncio.CancelledError:
+            future.cancel()
+            raise
+        except BaseException as exc:
+            future.set_exception(exc)
+            future.exception()  # retrieved: no "never retrieved" log when nobody joined
+            raise
+        else:
+            future.set_result(value)
+            return value
+        finally:
+            if self._flights.get(key) is flight:
+                del self._flights[key]
 
     async def _load(self, key: Hashable, flight: _Flight) -> V:
-        fence = self._fences.get(key, 0)
+        fence = self._fences.get(key, 0) if self._has_fences else 0
         shared = self.shared
         if shared is not None and shared.is_available:
             found = await shared.get(self._shared_key(key))
@@ -181,7 +203,7 @@ class CoherentCache(Generic[V]):
     def _fill(self, key: Hashable, version: int, value: V, flight: _Flight) -> None:
         # A load detached by an invalidation, or older than the last version announced for
         # the key, answers its own callers but is never cached.
-        if flight.is_stale or version < self._fences.get(key, 0):
+        if flight.is_stale or (self._has_fences and version < self._fences.get(key, 0)):
             self._discarded += 1
             return
         ttl = self.degraded_ttl_seconds if self._degraded else None
@@ -209,6 +231,7 @@ class CoherentCache(Generic[V]):
         self.local.delete(key)
         if version > fence:
             self._fences.set(key, version)
+            self._has_fences = True
         flight = self._flights.pop(key, None)
         if flight is not None:
             flight.is_stale = True

@@ -200,22 +200,61 @@ def test_a_channel_change_clears_the_local_tier() -> None:
     assert source.loads == 3
 
 
-def test_a_cancelled_caller_does_not_cancel_the_shared_load() -> None:
+def test_a_cancelled_leader_does_not_fail_the_callers_that_joined() -> None:
+    source = Source()
+    source.rows[1] = (1, "a")
+    cache = _cache(source)
+
+    async def main() -> list[str | None]:
+        source.gate = asyncio.Event()
+        leader = asyncio.ensure_future(cache.get(1))
+        followers = [asyncio.ensure_future(cache.get(1)) for _ in range(3)]
+        await _settle()
+        leader.cancel()
+        source.gate.set()
+        return await asyncio.gather(*followers)
+
+    assert asyncio.run(main()) == ["a", "a", "a"]
+    assert source.loads == 2  # the cancelled load, then one retry for all three followers
+
+
+def test_a_cancelled_follower_leaves_the_load_to_the_others() -> None:
     source = Source()
     source.rows[1] = (1, "a")
     cache = _cache(source)
 
     async def main() -> str | None:
         source.gate = asyncio.Event()
-        first = asyncio.ensure_future(cache.get(1))
-        second = asyncio.ensure_future(cache.get(1))
+        leader = asyncio.ensure_future(cache.get(1))
+        follower = asyncio.ensure_future(cache.get(1))
         await _settle()
-        first.cancel()
+        follower.cancel()
         source.gate.set()
-        return await second
+        return await leader
 
     assert asyncio.run(main()) == "a"
     assert source.loads == 1
+
+
+def test_a_failed_load_reaches_every_caller_and_is_not_cached() -> None:
+    source = Source()
+    cache = _cache(source)
+    calls = 0
+
+    async def failing(_key: Hashable) -> tuple[int, str | None]:
+        nonlocal calls
+        calls += 1
+        await asyncio.sleep(0.01)
+        raise ConnectionError("store down")
+
+    cache._loader = failing
+
+    async def main() -> list[object]:
+        results = await asyncio.gather(*(cache.get(1) for _ in range(3)), return_exceptions=True)
+        return [type(r).__name__ for r in results]
+
+    assert asyncio.run(main()) == ["ConnectionError"] * 3
+    assert calls == 1
 
 
 @pytest.mark.parametrize(
