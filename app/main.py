@@ -9,9 +9,10 @@ import os
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from fastapi import FastAPI
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
 from prometheus_client import CollectorRegistry
 
 from app.api.deps import AppState
@@ -33,11 +34,12 @@ from app.core.metrics import (
 )
 from app.core.startup import guard_startup
 from app.services.users import UserDataService
-from app.store import UserStore, ensure_seeded
+from app.store import StoreBackend, StoreUnavailableError, ensure_seeded
 from app.version import VERSION
 from memsafe import (
     CacheManager,
     CleanupConfig,
+    InvalidationListener,
     MemoryCleanupService,
     MemoryMonitor,
     MemoryMonitorMiddleware,
@@ -46,6 +48,9 @@ from memsafe import (
     process_rss_bytes,
     recycle_worker,
 )
+
+if TYPE_CHECKING:
+    from app.cache_redis import RedisTier
 
 logger = logging.getLogger(__name__)
 
@@ -76,11 +81,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     """Per worker: caches, store, cleanup service up; all of it down again on shutdown."""
     state: AppState = app.state.runtime
     settings = state.settings
-    store_settings = settings.store
-    # Seeding takes ~0.1 s once per fresh clone; under gunicorn on_starting has done it already.
-    # Inline, not in the threadpool: nothing is served before start-up ends, and a threadpool
-    # thread left behind by a failed start-up kept the worker process alive (issue 10).
-    ensure_seeded(store_settings.path, store_settings.seed_users)
+    store = await open_store(settings)
     budget_mb = settings.caches.total_budget_mb
     manager = CacheManager(max_total_bytes=budget_mb * MIB if budget_mb is not None else None)
     cache_settings = settings.caches.users
@@ -91,14 +92,35 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         max_bytes=cache_settings.max_bytes,
         policy=cache_settings.policy,
     )
-    store = UserStore(store_settings.path)
     # recycle_worker: through gunicorn.conf.py's RSSRecycler (drain, then a fresh worker);
     # without gunicorn (TestClient, uvicorn --reload) it only logs.
     cleanup = MemoryCleanupService(
         cleanup_config(settings), manager=manager, recycle=recycle_worker
     )
     state.manager, state.store = manager, store
-    state.users = UserDataService(store, cache, offload_reads=store_settings.offload_reads)
+    coherence = settings.coherence
+    state.shared_tier = shared_tier(settings)
+    users_service = UserDataService(
+        store,
+        cache,
+        shared=state.shared_tier,
+        degraded_ttl_seconds=coherence.degraded_ttl_seconds,
+        fence_max_keys=coherence.fence_max_keys,
+        fence_ttl_seconds=coherence.fence_ttl_seconds,
+    )
+    tiers = users_service.tiers
+    listener = InvalidationListener(
+        store.subscribe,
+        tiers.apply,
+        on_up=lambda: tiers.set_degraded(False),
+        on_down=lambda: tiers.set_degraded(True),
+        reconnect_min_seconds=coherence.reconnect_min_seconds,
+        reconnect_max_seconds=coherence.reconnect_max_seconds,
+        name=f"{store.kind} invalidation",
+    )
+    listener.start()
+    state.listener = listener
+    state.users = users_service
     cleanup.start()
     state.cleanup = cleanup
     publisher = _start_publisher(state)
@@ -108,11 +130,11 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     state.commands = CommandBus(state.shared, worker_actions(state))  # admin on every worker
     state.commands.start()
     logger.info(
-        "worker ready: %d users in %s, cache %r max_size=%d, rss %.1f MiB",
-        store_settings.seed_users,
-        store_settings.path,
+        "worker ready: %s store, cache %r max_size=%d, key value %s, rss %.1f MiB",
+        store.kind,
         USERS_CACHE,
         cache_settings.max_size,
+        "on" if state.shared_tier is not None else "off",
         process_rss_bytes() / MIB,
     )
     try:
@@ -132,12 +154,88 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         if state.shared is not None:
             state.shared.remove(os.getpid())
             state.shared = None
+        await listener.stop()
+        state.listener = None
         await cleanup.stop()
         state.cleanup = None
         manager.reset()
-        store.close()
+        if state.shared_tier is not None:
+            await state.shared_tier.close()
+            state.shared_tier = None
+        await store.close()
         state.store = None
         logger.info("worker stopped: cleanup, caches and store closed")
+
+
+async def open_store(settings: Settings) -> StoreBackend:
+    """PostgreSQL when store.database_url (DATABASE_URL) is set, else the SQLite file.
+
+    Migrating and seeding take ~0.1 s once; under gunicorn on_starting has done it already
+    and this is a no-op check. Both run inline, not in the threadpool: nothing is served before
+    start-up ends, and a threadpool thread left behind by a failed start-up kept the worker
+    process alive (issue 10).
+    """
+    conf = settings.store
+    backend: StoreBackend
+    if conf.database_url is not None:
+        from app.store_pg import PostgresStore, migrate_and_seed
+
+        url = conf.database_url.get_secret_value()
+        try:
+            migrate_and_seed(
+                url,
+                schema=conf.database_schema,
+                seed_users=conf.seed_users,
+                connect_timeout_seconds=conf.connect_timeout_seconds,
+            )
+        except StoreUnavailableError as exc:
+            if not is_gunicorn_worker():
+                raise
+            # The master migrated before forking (on_starting), so a worker that boots while
+            # the database is briefly down (a recycle during a restart) serves 503s until it
+            # is back rather than failing start-up, which would halt the whole server.
+            logger.warning("worker starts with the database unavailable: %s", exc)
+        backend = PostgresStore(
+            url,
+            schema=conf.database_schema,
+            pool_min_size=conf.pool_min_size,
+            pool_max_size=conf.pool_max_size,
+            pool_timeout_seconds=conf.pool_timeout_seconds,
+            connect_timeout_seconds=conf.connect_timeout_seconds,
+            statement_timeout_ms=conf.statement_timeout_ms,
+        )
+    else:
+        from app.store_sqlite import SQLiteStore
+
+        ensure_seeded(conf.path, conf.seed_users)
+        backend = SQLiteStore(
+            conf.path,
+            offload_reads=conf.offload_reads,
+            poll_interval_seconds=conf.poll_interval_seconds,
+            change_log_rows=conf.change_log_rows,
+        )
+    await backend.open()
+    return backend
+
+
+def shared_tier(settings: Settings) -> RedisTier | None:
+    """The Key Value second tier when coherence.redis_url (REDIS_URL) is set."""
+    conf = settings.coherence
+    if conf.redis_url is None:
+        return None
+    # Imported only when used: redis-py adds ~6 MiB to every worker that never needs it.
+    from app.cache_redis import RedisTier
+
+    return RedisTier(
+        conf.redis_url.get_secret_value(),
+        prefix=conf.key_prefix,
+        ttl_seconds=conf.shared_ttl_seconds,
+        timeout_seconds=conf.redis_timeout_seconds,
+        max_connections=conf.redis_max_connections,
+        max_pending=conf.redis_max_pending_writes,
+        retry_min_seconds=conf.reconnect_min_seconds,
+        retry_max_seconds=conf.reconnect_max_seconds,
+    )
 
 
 def _start_publisher(state: AppState) -> asyncio.Task[None] | None:
@@ -181,6 +279,8 @@ def _snapshot(state: AppState) -> Snapshot:
     snap["rss_bytes"] = process_rss_bytes()
     if state.manager is not None:
         snap["caches"] = state.manager.get_cache_stats()["caches"]
+    if state.users is not None:
+        snap["tiers"] = dict(state.users.tier_stats())
     if state.cleanup is not None:
         stats = state.cleanup.stats()
         snap["cleanup"] = {

@@ -1,4 +1,4 @@
-"""Embedded SQLite user store, created and seeded once even when several workers start at once."""
+"""The store interface, its errors, and the embedded SQLite file: created, migrated, seeded once."""
 
 from __future__ import annotations
 
@@ -8,10 +8,12 @@ import random
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
+
+from memsafe.invalidation import Invalidation
 
 logger = logging.getLogger(__name__)
 
@@ -36,18 +38,33 @@ _FIRST = (
 _LAST = ("Lovelace", "Turing", "Hopper", "Torvalds", "Liskov", "Thompson", "Rossum", "Hamilton")
 _CITIES = ("Berlin", "Lagos", "Lima", "Osaka", "Oslo", "Pune", "Quito", "Seattle", "Sydney")
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS users (
-    id INTEGER PRIMARY KEY,
-    name TEXT NOT NULL,
-    email TEXT NOT NULL,
-    city TEXT NOT NULL,
-    created_at TEXT NOT NULL
-);
-CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-"""
+# Versioned schema: entry N moves a database from PRAGMA user_version N-1 to N, in the same
+# transaction as the version bump. Plain SQL in the code: two small steps do not need a tool.
+MIGRATIONS: tuple[str, ...] = (
+    """
+    CREATE TABLE IF NOT EXISTS users (
+        id INTEGER PRIMARY KEY,
+        name TEXT NOT NULL,
+        email TEXT NOT NULL,
+        city TEXT NOT NULL,
+        created_at TEXT NOT NULL
+    );
+    CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+    """,
+    # Writes: each row carries the version of its last change; `changes` is the change log
+    # every worker polls (seq is the version: AUTOINCREMENT never reuses a number).
+    """
+    ALTER TABLE users ADD COLUMN version INTEGER NOT NULL DEFAULT 0;
+    CREATE TABLE IF NOT EXISTS changes (
+        seq INTEGER PRIMARY KEY AUTOINCREMENT,
+        user_id INTEGER NOT NULL
+    );
+    """,
+)
+USER_COLUMNS = "id, name, email, city, created_at, version"
 
 User = dict[str, Any]
+UserFields = Mapping[str, str]
 
 
 class StoreUnavailableError(RuntimeError):
@@ -57,6 +74,53 @@ class StoreUnavailableError(RuntimeError):
     check failing; every store raises it (never the driver's own error) so callers need one
     except clause. The message names the store and the driver's reason.
     """
+
+
+class StoreBackend(Protocol):
+    """What the users service needs from a store; SQLite and PostgreSQL implement it.
+
+    Every user dict has `id, name, email, city, created_at, version`, where `version` grows
+    with every write (a store-wide counter, never reused), so caches can order copies.
+    Failures of the database raise StoreUnavailableError.
+    """
+
+    kind: str
+
+    @property
+    def connections(self) -> int: ...
+
+    async def open(self) -> None: ...
+
+    async def close(self) -> None: ...
+
+    async def get_user(self, user_id: int) -> User | None: ...
+
+    async def list_users(self, *, after_id: int, limit: int) -> list[User]: ...
+
+    async def create_user(self, fields: UserFields) -> User: ...
+
+    async def update_user(self, user_id: int, fields: UserFields) -> User | None: ...
+
+    async def delete_user(self, user_id: int) -> int | None: ...
+
+    async def count(self) -> int: ...
+
+    async def check(self) -> None:
+        """Raise StoreUnavailableError unless the database answers now (health checks)."""
+
+    def subscribe(self) -> AsyncIterator[Sequence[Invalidation]]: ...
+
+
+def row_to_user(row: Sequence[Any]) -> User:
+    """A users row in USER_COLUMNS order as the dict the API serves."""
+    return {
+        "id": row[0],
+        "name": row[1],
+        "email": row[2],
+        "city": row[3],
+        "created_at": row[4],
+        "version": row[5],
+    }
 
 
 # SQLite primary result codes that mean the database cannot answer, whatever the query:
@@ -92,11 +156,12 @@ def _demo_user(user_id: int, rng: random.Random) -> tuple[int, str, str, str, st
 
 
 def ensure_seeded(path: Path, users: int) -> bool:
-    """Create the database at `path` with `users` demo users unless already done.
+    """Create and migrate the database at `path`; seed `users` demo users into an empty table.
 
     Safe when several processes call it at once: an exclusive flock on `<path>.lock` serialises
-    them, and the seed commits in one transaction with a `meta.seeded_users` marker, so a crash
-    mid-seed leaves no half-filled table. Returns True when this call did the seeding.
+    them, and each migration and the seed commit in one transaction, so a crash mid-way leaves
+    no half-done step. A table with rows is never re-seeded: writes survive a restart.
+    Returns True when this call did the seeding.
     """
     path.parent.mkdir(parents=True, exist_ok=True)
     lock_path = path.with_name(path.name + ".lock")
@@ -116,19 +181,17 @@ def _seed_locked(path: Path, users: int) -> bool:
     conn = sqlite3.connect(path, isolation_level=None)
     try:
         conn.execute("PRAGMA journal_mode=WAL")
-        conn.executescript(_SCHEMA)
-        row = conn.execute("SELECT value FROM meta WHERE key = 'seeded_users'").fetchone()
-        if row is not None and int(row[0]) >= users:
+        _migrate(conn)
+        if conn.execute("SELECT EXISTS (SELECT 1 FROM users)").fetchone()[0] or users == 0:
             return False
         started = time.perf_counter()
         rng = random.Random(SEED_RANDOM)
         conn.execute("BEGIN IMMEDIATE")
         try:
-            conn.execute("DELETE FROM users")
             for start in range(1, users + 1, SEED_BATCH_ROWS):
                 stop = min(start + SEED_BATCH_ROWS, users + 1)
                 conn.executemany(
-                    "INSERT INTO users VALUES (?, ?, ?, ?, ?)",
+                    "INSERT INTO users (id, name, email, city, created_at) VALUES (?, ?, ?, ?, ?)",
                     (_demo_user(i, rng) for i in range(start, stop)),
                 )
             conn.execute(
@@ -145,6 +208,22 @@ def _seed_locked(path: Path, users: int) -> bool:
         return True
     finally:
         conn.close()
+
+
+def _migrate(conn: sqlite3.Connection) -> None:
+    current = int(conn.execute("PRAGMA user_version").fetchone()[0])
+    for version, sql in enumerate(MIGRATIONS[current:], start=current + 1):
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            for statement in sql.split(";"):
+                if statement.strip():
+                    conn.execute(statement)
+            conn.execute(f"PRAGMA user_version = {version}")
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        logger.info("sqlite schema migrated to version %d", version)
 
 
 class UserStore:
@@ -228,12 +307,18 @@ class UserStore:
         """
         with self._borrow() as conn:
             row = conn.execute(
-                "SELECT id, name, email, city, created_at FROM users WHERE id = ?",
-                (user_id,),
+                f"SELECT {USER_COLUMNS} FROM users WHERE id = ?", (user_id,)
             ).fetchone()
-        if row is None:
-            return None
-        return {"id": row[0], "name": row[1], "email": row[2], "city": row[3], "created_at": row[4]}
+        return None if row is None else row_to_user(row)
+
+    def list_users(self, *, after_id: int, limit: int) -> list[User]:
+        """Up to `limit` users with ids above `after_id`, in id order (keyset pagination)."""
+        with self._borrow() as conn:
+            rows = conn.execute(
+                f"SELECT {USER_COLUMNS} FROM users WHERE id > ? ORDER BY id LIMIT ?",
+                (after_id, limit),
+            ).fetchall()
+        return [row_to_user(row) for row in rows]
 
     def count(self) -> int:
         """How many users the store holds."""

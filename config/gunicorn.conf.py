@@ -132,15 +132,26 @@ child_exit = _recycler.child_exit
 
 
 def on_starting(server: Any) -> None:
-    """Create and seed the SQLite store once, in the master, before any worker starts.
+    """Create, migrate and seed the store once, in the master, before any worker starts.
 
     A store that cannot be opened stops gunicorn here with one line and exit code 3
     (gunicorn's boot error), before any worker is forked.
     """
     from app.store import StoreUnavailableError, ensure_seeded
 
+    store = _settings.store
     try:
-        ensure_seeded(_settings.store.path, _settings.store.seed_users)
+        if store.database_url is not None:
+            from app.store_pg import migrate_and_seed
+
+            migrate_and_seed(
+                store.database_url.get_secret_value(),
+                schema=store.database_schema,
+                seed_users=store.seed_users,
+                connect_timeout_seconds=store.connect_timeout_seconds,
+            )
+        else:
+            ensure_seeded(store.path, store.seed_users)
     except StoreUnavailableError as exc:
         sys.stderr.write(f"gunicorn: cannot start: {exc}\n")
         sys.stderr.flush()

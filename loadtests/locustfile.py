@@ -4,15 +4,24 @@ Run by `python -m loadtests.run`, which passes the store size and the payload bo
 LOADTEST_USER_IDS (ids 1..N, default 10000), LOADTEST_PAYLOAD_MAX_KIB (the profile's
 payload.max_size_kib), LOADTEST_MAX_HEALTH_MS and LOADTEST_HEALTH_INTERVAL_SECONDS.
 The shape reads -u (peak users), -r (spawn rate) and -t (run time) from Locust's own options.
+
+Writes scenario (off unless LOADTEST_WRITES=1; needs ADMIN_TOKEN, the server's): a writer
+PATCHes hot users (about 5 % of all requests), then after LOADTEST_STALE_BOUND_MS (100)
+reads each one back on fresh connections from the target and from every other instance in
+LOADTEST_OTHER_HOSTS (comma-separated base URLs). A read that still shows an
+older value is a failure named "stale after write"; at the end each host's /health tiers
+(per-worker and Key Value hit rates) are printed.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import random
 import sys
 import time
+import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -39,6 +48,13 @@ HEALTH_NAME = "health poller"
 DEFAULT_RUN_TIME_SECONDS = 120.0
 DEFAULT_PEAK_USERS = 50
 DEFAULT_SPAWN_RATE = 10.0
+
+WRITES = os.environ.get("LOADTEST_WRITES", "") == "1"
+STALE_BOUND_SECONDS = float(os.environ.get("LOADTEST_STALE_BOUND_MS", "100")) / 1000
+OTHER_HOSTS = [h for h in os.environ.get("LOADTEST_OTHER_HOSTS", "").split(",") if h]
+READS_PER_HOST = 2  # fresh connections per host after each write: they land on any worker
+STALE_NAME = "/users/{id} [stale after write]"
+_writing: set[int] = set()  # ids a writer is checking: two writers never race on one id
 
 _zipf = ZipfIds(USER_IDS)
 _cold = ColdScan(USER_IDS)  # shared by every cold-scan user of this Locust process
@@ -105,6 +121,68 @@ class HealthPoller(FastHttpUser):
                 response.failure(f"health took {elapsed_ms:.0f} ms > {MAX_HEALTH_MS:.0f} ms")
 
 
+if WRITES:
+
+    class WriterUser(FastHttpUser):
+        """PATCHes hot users, then checks no worker of any host serves the old value after
+        the bound. Weight 2 against 9 for the other users: PATCH is ~5 % of all requests."""
+
+        weight = 2
+        wait_time = between(0.05, 0.2)
+
+        @task
+        def write_then_read_everywhere(self) -> None:
+            user_id = _zipf.draw()
+            while user_id in _writing:  # another writer's newer value is not a stale read
+                user_id = _zipf.draw()
+            _writing.add(user_id)
+            try:
+                self._write_then_read(user_id)
+            finally:
+                _writing.discard(user_id)
+
+        def _write_then_read(self, user_id: int) -> None:
+            city = f"w{random.getrandbits(40):x}"
+            headers = {"Authorization": f"Bearer {os.environ.get('ADMIN_TOKEN', '')}"}
+            with self.client.patch(
+                f"/users/{user_id}", json={"city": city}, headers=headers,
+                name="/users/{id} [patch]", catch_response=True,
+            ) as response:  # fmt: skip
+                if response.status_code != 200:
+                    response.failure(f"PATCH returned {response.status_code}")
+                    return
+            time.sleep(STALE_BOUND_SECONDS)
+            for host in [self.host, *OTHER_HOSTS]:
+                for _ in range(READS_PER_HOST):
+                    with self.client.get(
+                        f"{host}/users/{user_id}", headers={"Connection": "close"},
+                        name=STALE_NAME, catch_response=True,
+                    ) as read:  # fmt: skip
+                        if read.status_code == 200 and read.json()["city"] != city:
+                            read.failure(f"user {user_id} still stale {STALE_BOUND_SECONDS}s after")
+
+
+def _print_tiers(environment: Any, **_kwargs: Any) -> None:
+    if not WRITES:
+        return
+    for host in [environment.host, *OTHER_HOSTS]:
+        seen: dict[int, dict[str, Any]] = {}
+        for _ in range(12):  # several probes reach several workers
+            try:
+                with urllib.request.urlopen(f"{host}/health", timeout=2) as answer:
+                    body = json.load(answer)
+            except OSError:
+                continue
+            if "pid" in body and body.get("tiers"):
+                seen[body["pid"]] = body["tiers"]
+        for pid, tiers in sorted(seen.items()):
+            print(
+                f"tiers {host} pid {pid}: l1_hit_rate={tiers['l1_hit_rate']} "
+                f"l2_hit_rate={tiers['l2_hit_rate']} l2_hits={tiers['l2_hits']} "
+                f"invalidations={tiers['invalidations']} degraded={tiers['is_degraded']}"
+            )
+
+
 class RampSteadySpikeIdle(LoadTestShape):
     """Ramp, steady (half the peak), spike (the peak), steady, then idle (only the poller)."""
 
@@ -146,3 +224,4 @@ _add_quitting_listener(_fail_on_health)
 _add_quitting_listener(_write_tally)
 _add_request_listener: Callable[[Callable[..., None]], object] = events.request.add_listener
 _add_request_listener(_count_cache_answer)
+_add_quitting_listener(_print_tiers)

@@ -15,10 +15,12 @@ from memsafe._types import CleanupStats, RecyclerStats
 from memsafe._version import __version__ as __version__
 from memsafe.bounded import BoundedDict, BoundedList, MetricsCollector, MetricSummary
 from memsafe.cache import CacheStats, LRUCache
+from memsafe.coherent import CoherentCache, SharedTier, TierStats
 from memsafe.cleanup import CleanupConfig, CleanupEvent, MemoryCleanupService
 from memsafe.decorators import cached
 from memsafe.drain import DrainMiddleware, WorkerDrain
 from memsafe.history import HistoryData, HistoryEvent, MemoryHistory
+from memsafe.invalidation import Invalidation, InvalidationListener, ListenerStats
 from memsafe.manager import CacheManager, cache_manager
 from memsafe.middleware import (
     MemoryMonitor,
@@ -56,11 +58,15 @@ __all__ = [
     "CleanupConfig",
     "CleanupEvent",
     "CleanupStats",
+    "CoherentCache",
     "ContainerMemory",
     "DrainMiddleware",
     "HistoryData",
     "HistoryEvent",
+    "Invalidation",
+    "InvalidationListener",
     "LRUCache",
+    "ListenerStats",
     "MemoryCleanupService",
     "MemoryHistory",
     "MemoryMonitor",
@@ -70,7 +76,9 @@ __all__ = [
     "RSSRecycler",
     "RecyclerStats",
     "ReleaseResult",
+    "SharedTier",
     "SingletonMeta",
+    "TierStats",
     "TraceBusyError",
     "TraceReport",
     "WorkerDrain",

@@ -12,12 +12,13 @@ from pydantic import BaseModel, SecretStr
 from app.core.config import Settings
 
 if TYPE_CHECKING:
+    from app.cache_redis import RedisTier
     from app.core.commands import CommandBus
     from app.core.history import WorkerHistory
     from app.core.metrics import RequestMetrics, SharedSnapshots
     from app.services.users import UserDataService
-    from app.store import UserStore
-    from memsafe import CacheManager, MemoryCleanupService, MemoryMonitor
+    from app.store import StoreBackend
+    from memsafe import CacheManager, InvalidationListener, MemoryCleanupService, MemoryMonitor
 
 
 @dataclass
@@ -29,8 +30,10 @@ class AppState:
     request_metrics: RequestMetrics
     monitor: MemoryMonitor | None
     manager: CacheManager | None = None
-    store: UserStore | None = None
+    store: StoreBackend | None = None
     users: UserDataService | None = None
+    listener: InvalidationListener | None = None
+    shared_tier: RedisTier | None = None
     cleanup: MemoryCleanupService | None = None
     shared: SharedSnapshots | None = None
     history: WorkerHistory | None = None
@@ -139,3 +142,18 @@ async def require_metrics_token(request: Request) -> None:
     token = _state(request).settings.metrics.token
     if token is not None:
         _require_token(request, token, "/metrics")
+
+
+async def require_write_token(request: Request) -> None:
+    """Writes need `Authorization: Bearer <ADMIN_TOKEN>`: a deployed demo cannot be defaced.
+
+    Raises:
+        HTTPException: 401 without a bearer token, 403 with a wrong one or when no
+            ADMIN_TOKEN is set (writes are then off).
+    """
+    token = _state(request).settings.admin.token
+    if token is None:
+        raise HTTPException(
+            status.HTTP_403_FORBIDDEN, "writes are disabled: set ADMIN_TOKEN to enable them"
+        )
+    _require_token(request, token, "writes")

@@ -15,6 +15,8 @@ from app.store import StoreUnavailableError
 logger = logging.getLogger(__name__)
 
 STORE_UNAVAILABLE = "store_unavailable"
+# The cause (a file path, a database host) goes to the log, not to an anonymous client.
+STORE_UNAVAILABLE_DETAIL = "the user store is unavailable; retry shortly"
 # Seconds a client should wait before retrying: a restored file or a restarted server
 # answers within a few seconds, and Render's health check polls at about this pace.
 RETRY_AFTER_SECONDS = 5
@@ -34,7 +36,7 @@ def add_error_handlers(app: FastAPI, settings: Settings) -> None:
     async def on_store_unavailable(request: Request, exc: Exception) -> JSONResponse:
         repeated.warning("%s %s: 503, %s", request.method, request.url.path, exc)
         return JSONResponse(
-            {"detail": str(exc), "error": STORE_UNAVAILABLE},
+            {"detail": STORE_UNAVAILABLE_DETAIL, "error": STORE_UNAVAILABLE},
             status_code=status.HTTP_503_SERVICE_UNAVAILABLE,
             headers={"Retry-After": str(RETRY_AFTER_SECONDS)},
         )

@@ -206,11 +206,21 @@ class PayloadSettings(_Section):
 
 
 class StoreSettings(_Section):
-    """The embedded SQLite user store."""
+    """The user store: the embedded SQLite file, or PostgreSQL when database_url is set."""
 
     path: Path = Path("data/app.sqlite3")
     seed_users: int = Field(default=10_000, ge=0, le=10_000_000)
     offload_reads: bool = False
+    database_url: SecretStr | None = None
+    database_schema: str = Field(default="public", pattern=r"^[a-z_][a-z0-9_]{0,40}$")
+    pool_min_size: int = Field(default=1, ge=0, le=100)
+    pool_max_size: int = Field(default=4, ge=1, le=100)
+    pool_timeout_seconds: float = Field(default=2.0, gt=0, le=60)
+    connect_timeout_seconds: int = Field(default=3, ge=1, le=60)
+    statement_timeout_ms: int = Field(default=5000, ge=100, le=600_000)
+    max_page_size: int = Field(default=100, ge=1, le=1000)
+    poll_interval_seconds: float = Field(default=0.02, ge=0.001, le=10)
+    change_log_rows: int = Field(default=10_000, ge=100, le=10_000_000)
 
     @field_validator("path")
     @classmethod
@@ -229,6 +239,22 @@ class StoreSettings(_Section):
                 {"ancestor": str(ancestor)},
             )
         return path
+
+
+class CoherenceSettings(_Section):
+    """Cross-worker cache coherence and the optional Key Value (Redis) second tier."""
+
+    redis_url: SecretStr | None = None
+    degraded_ttl_seconds: float = Field(default=2.0, gt=0, le=300)
+    reconnect_min_seconds: float = Field(default=0.1, gt=0, le=60)
+    reconnect_max_seconds: float = Field(default=5.0, gt=0, le=600)
+    fence_max_keys: int = Field(default=10_000, ge=1, le=10_000_000)
+    fence_ttl_seconds: float = Field(default=60.0, gt=0, le=86_400)
+    shared_ttl_seconds: int = Field(default=300, ge=1, le=86_400 * 7)
+    redis_timeout_seconds: float = Field(default=0.25, gt=0, le=30)
+    redis_max_connections: int = Field(default=8, ge=1, le=1000)
+    redis_max_pending_writes: int = Field(default=1000, ge=0, le=1_000_000)
+    key_prefix: str = Field(default="memsafe:users:", min_length=1, max_length=100)
 
 
 class LoggingSettings(_Section):
@@ -266,6 +292,7 @@ class Settings(BaseSettings):
     trace: TraceSettings = TraceSettings()
     payload: PayloadSettings = PayloadSettings()
     store: StoreSettings = StoreSettings()
+    coherence: CoherenceSettings = CoherenceSettings()
     logging: LoggingSettings = LoggingSettings()
     admin: AdminSettings = AdminSettings()
     health: HealthSettings = HealthSettings()
@@ -298,11 +325,16 @@ class Settings(BaseSettings):
         for section in ("admin", "metrics"):
             if getattr(self, section).token is not None:
                 data[section]["token"] = "**********"
+        if self.store.database_url is not None:
+            data["store"]["database_url"] = "**********"
+        if self.coherence.redis_url is not None:
+            data["coherence"]["redis_url"] = "**********"
         return data
 
 
 class _PlatformEnvSource(PydanticBaseSettingsSource):
-    """Un-prefixed env vars platforms set: WEB_CONCURRENCY (Render), ADMIN_TOKEN, METRICS_TOKEN."""
+    """Un-prefixed platform env vars: WEB_CONCURRENCY, ADMIN_TOKEN, METRICS_TOKEN, DATABASE_URL,
+    REDIS_URL."""
 
     def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
         return None, field_name, False  # unused: __call__ builds the whole mapping
@@ -316,6 +348,12 @@ class _PlatformEnvSource(PydanticBaseSettingsSource):
             token = os.environ.get(name, "")
             if token:
                 data[section] = {"token": token}
+        for env, section, key in (
+            ("DATABASE_URL", "store", "database_url"),
+            ("REDIS_URL", "coherence", "redis_url"),
+        ):
+            if value := os.environ.get(env, "").strip():
+                data[section] = {key: value}
         return data
 
 
@@ -376,7 +414,7 @@ def _from_validation_error(exc: ValidationError, path: Path | None) -> SettingsE
     else:
         allowed = first["msg"]
         text = f"key {key!r} has invalid value {value!r}"
-    if "token" in key:
+    if "token" in key or key.endswith("_url"):
         text = f"key {key!r} is invalid"
     more = f" (and {len(errors) - 1} more error(s))" if len(errors) > 1 else ""
     msg = f"invalid settings in {_origin(loc, path)}: {text}; allowed: {allowed}{more}"
@@ -460,6 +498,17 @@ def _check_cross_fields(settings: Settings, path: Path | None) -> None:
                 f"must be below server.max_worker_rss_mb={rss}; allowed: 32..{rss - 1}"
             )
             raise SettingsError(msg)
+    for low_key, high_key in (
+        ("coherence.reconnect_min_seconds", "coherence.reconnect_max_seconds"),
+        ("store.pool_min_size", "store.pool_max_size"),
+    ):
+        low, high = (_lookup_key(settings, key) for key in (low_key, high_key))
+        if low > high:
+            msg = (
+                f"invalid settings in {where(low_key, high_key)}: {low_key}={low} is above "
+                f"{high_key}={high}; allowed: {low_key} <= {high_key}"
+            )
+            raise SettingsError(msg)
     if server.max_requests and server.max_requests_jitter >= server.max_requests:
         msg = (
             f"invalid settings in {where('server.max_requests_jitter', 'server.max_requests')}: "
@@ -468,6 +517,13 @@ def _check_cross_fields(settings: Settings, path: Path | None) -> None:
             f"{server.max_requests}; allowed: 0..{server.max_requests - 1}"
         )
         raise SettingsError(msg)
+
+
+def _lookup_key(settings: Settings, dotted: str) -> Any:
+    node: Any = settings
+    for part in dotted.split("."):
+        node = getattr(node, part)
+    return node
 
 
 def load_settings(path: str | Path | None = None) -> Settings:
@@ -480,12 +536,14 @@ def load_settings(path: str | Path | None = None) -> Settings:
         path = os.environ.get(CONFIG_ENV_VAR) or DEFAULT_CONFIG_PATH
     yaml_path = Path(path)
     data = _read_yaml(yaml_path)
-    for section, name in _TOKEN_ENV_VARS.items():
-        block = data.get(section)
-        if isinstance(block, dict) and "token" in block:
+    secrets = [(section, "token", env) for section, env in _TOKEN_ENV_VARS.items()]
+    secrets += [("store", "database_url", "DATABASE_URL"), ("coherence", "redis_url", "REDIS_URL")]
+    for section, key, env in secrets:
+        part = data.get(section)
+        if isinstance(part, dict) and key in part:
             msg = (
-                f"invalid settings in file {str(yaml_path)!r}: key '{section}.token' must not "
-                f"be in a file; allowed: env {name} or APP_{section.upper()}__TOKEN"
+                f"invalid settings in file {str(yaml_path)!r}: key '{section}.{key}' must not be "
+                f"in a file (a secret); allowed: env {env} or APP_{section.upper()}__{key.upper()}"
             )
             raise SettingsError(msg)
     if "config_file" in data:

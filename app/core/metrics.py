@@ -163,6 +163,23 @@ def families(snapshots: list[Snapshot]) -> Iterator[Metric]:
     cache_bytes = GaugeMetricFamily(
         "app_cache_bytes", "Bytes held by the cache", labels=["pid", "cache"]
     )
+    tier_counters = {
+        name: CounterMetricFamily(f"app_users_{name}", f"Users cache {help_}", labels=["pid"])
+        for name, help_ in (
+            ("l1_hits", "per-worker tier hits"),
+            ("l1_misses", "per-worker tier misses"),
+            ("l2_hits", "shared (Key Value) tier hits"),
+            ("l2_misses", "shared (Key Value) tier misses"),
+            ("invalidations", "invalidations applied"),
+        )
+    }
+    tier_rates = {
+        name: GaugeMetricFamily(f"app_users_{name}", f"Users cache {name}", labels=["pid"])
+        for name in ("l1_hit_rate", "l2_hit_rate", "degraded")
+    }
+    # TierStats keys of each gauge (a renamed key is a KeyError here, not a silent 0)
+    tier_rate_keys = {"l1_hit_rate": "l1_hit_rate", "l2_hit_rate": "l2_hit_rate",
+                      "degraded": "is_degraded"}
     cleanup_passes = CounterMetricFamily("app_cleanup_passes", "Cleanup passes", labels=["pid"])
     cleanup_failures = CounterMetricFamily(
         "app_cleanup_failures", "Failed cleanup passes", labels=["pid"]
@@ -193,6 +210,12 @@ def families(snapshots: list[Snapshot]) -> Iterator[Metric]:
                 family.add_metric([pid, cache], stats[name])
             cache_size.add_metric([pid, cache], stats["size"])
             cache_bytes.add_metric([pid, cache], stats["bytes"])
+        tiers = snap.get("tiers")
+        if tiers:
+            for name, family in tier_counters.items():
+                family.add_metric([pid], tiers[name])
+            for name, gauge in tier_rates.items():
+                gauge.add_metric([pid], float(tiers[tier_rate_keys[name]]))
         cleanup = snap.get("cleanup")
         if cleanup:
             cleanup_passes.add_metric([pid], cleanup["passes"])
@@ -207,6 +230,8 @@ def families(snapshots: list[Snapshot]) -> Iterator[Metric]:
     yield from cache_counters.values()
     yield cache_size
     yield cache_bytes
+    yield from tier_counters.values()
+    yield from tier_rates.values()
     yield cleanup_passes
     yield cleanup_failures
     yield cleanup_full_gcs

@@ -35,11 +35,28 @@ def test_seed_is_idempotent(tmp_path: Path) -> None:
     assert UserStore(path).get_user(50) == first
 
 
-def test_seed_grows_when_more_users_are_asked(tmp_path: Path) -> None:
+def test_seed_never_touches_a_table_with_rows(tmp_path: Path) -> None:
+    # Writes must survive a restart: a table with rows is never re-seeded or grown.
     path = tmp_path / "app.sqlite3"
     ensure_seeded(path, 10)
-    assert ensure_seeded(path, 20) is True
-    assert UserStore(path).count() == 20
+    assert ensure_seeded(path, 20) is False
+    assert UserStore(path).count() == 10
+
+
+def test_an_old_database_is_migrated_in_place(tmp_path: Path) -> None:
+    path = tmp_path / "app.sqlite3"
+    conn = sqlite3.connect(path)
+    conn.executescript(
+        "CREATE TABLE users (id INTEGER PRIMARY KEY, name TEXT NOT NULL, email TEXT NOT NULL,"
+        " city TEXT NOT NULL, created_at TEXT NOT NULL);"
+        "INSERT INTO users VALUES (1, 'Ada', 'ada@example.com', 'Oslo', '2024-01-01T00:00:00Z');"
+    )
+    conn.close()
+    assert ensure_seeded(path, 10) is False
+    user = UserStore(path).get_user(1)
+    assert user is not None
+    assert (user["name"], user["version"]) == ("Ada", 0)
+    assert sqlite3.connect(path).execute("PRAGMA user_version").fetchone()[0] == 2
 
 
 def test_default_seed_has_ten_thousand_users(tmp_path: Path) -> None:

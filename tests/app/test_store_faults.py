@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from app.api.errors import STORE_UNAVAILABLE_DETAIL
 from app.core.config import Settings
 from app.core.startup import WORKER_BOOT_ERROR, WorkerStartupError, exit_failsafe
 from app.main import create_app
@@ -76,7 +77,8 @@ def test_corrupt_store_gives_503_json_and_health_fails_then_recovers(
     assert len(failed) >= 3, [r.status_code for r in responses]
     body = failed[0].json()
     assert body["error"] == "store_unavailable"
-    assert "cannot answer: DatabaseError" in body["detail"]
+    assert body["detail"] == STORE_UNAVAILABLE_DETAIL  # the cause goes to the log only
+    assert "cannot answer: DatabaseError" in caplog.text
     assert failed[0].headers["retry-after"] == "5"
     # Several failures, one log line (logging.repeat_interval_seconds bounds the rate).
     assert len([r for r in caplog.records if "503" in r.getMessage()]) == 1

@@ -51,6 +51,28 @@ SERVICE_FIELDS: dict[str, type | tuple[type, ...]] = {
     "maxmemoryPolicy": str,
     "schedule": str,
 }
+DATABASE_FIELDS: dict[str, type | tuple[type, ...]] = {
+    "name": str,
+    "plan": str,
+    "region": str,
+    "databaseName": str,
+    "user": str,
+    "postgresMajorVersion": str,
+    "diskSizeGB": int,
+    "ipAllowList": list,
+    "highAvailability": dict,
+    "readReplicas": list,
+}
+MAXMEMORY_POLICIES = {
+    "allkeys-lru",
+    "allkeys-lfu",
+    "allkeys-random",
+    "noeviction",
+    "volatile-lru",
+    "volatile-lfu",
+    "volatile-random",
+    "volatile-ttl",
+}
 # Fields a Docker-runtime service must not carry (Docker builds from the Dockerfile).
 DOCKER_FORBIDDEN = {"buildCommand", "startCommand"}
 
@@ -75,6 +97,48 @@ def check_blueprint(doc: object) -> list[str]:
             errors.append(f"{where}.name: duplicate service name {name!r}")
         if isinstance(name, str):
             names.add(name)
+    databases = doc.get("databases", []) or []
+    db_names = {db.get("name") for db in databases if isinstance(db, Mapping)}
+    for index, db in enumerate(databases):
+        errors.extend(_check_database(f"databases[{index}]", db))
+    for index, service in enumerate(services):
+        if isinstance(service, Mapping):
+            errors.extend(_check_references(f"services[{index}]", service, names, db_names))
+    return errors
+
+
+def _check_database(where: str, db: object) -> list[str]:
+    if not isinstance(db, Mapping):
+        return [f"{where}: expected a mapping"]
+    errors = [f"{where}.{key}: unknown database field" for key in db if key not in DATABASE_FIELDS]
+    errors += [
+        f"{where}.{key}: expected {_type_name(DATABASE_FIELDS[key])}, got {value!r}"
+        for key, value in db.items()
+        if key in DATABASE_FIELDS and not isinstance(value, DATABASE_FIELDS[key])
+    ]
+    if "name" not in db:
+        errors.append(f"{where}: missing required field 'name'")
+    return errors
+
+
+def _check_references(
+    where: str, service: Mapping[str, Any], services: set[str], databases: set[object]
+) -> list[str]:
+    errors: list[str] = []
+    policy = service.get("maxmemoryPolicy")
+    if policy is not None and policy not in MAXMEMORY_POLICIES:
+        errors.append(
+            f"{where}.maxmemoryPolicy: {policy!r} is not one of {sorted(MAXMEMORY_POLICIES)}"
+        )
+    for index, item in enumerate(service.get("envVars", []) or []):
+        if not isinstance(item, Mapping):
+            continue
+        ref = item.get("fromDatabase")
+        if isinstance(ref, Mapping) and ref.get("name") not in databases:
+            errors.append(f"{where}.envVars[{index}].fromDatabase: no database {ref.get('name')!r}")
+        ref = item.get("fromService")
+        if isinstance(ref, Mapping) and ref.get("name") not in services:
+            errors.append(f"{where}.envVars[{index}].fromService: no service {ref.get('name')!r}")
     return errors
 
 

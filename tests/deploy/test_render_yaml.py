@@ -14,10 +14,19 @@ from tests.deploy.blueprint_spec import check_blueprint
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 
 
-def _blueprint() -> dict[str, Any]:
-    doc = yaml.safe_load((ROOT / "render.yaml").read_text())
+# The one-click Blueprint and the scale-out one (README "Scaling out") pass the same checks.
+BLUEPRINTS = ("render.yaml", "render.scale.yaml")
+
+
+def _blueprint(name: str = "render.yaml") -> dict[str, Any]:
+    doc = yaml.safe_load((ROOT / name).read_text())
     assert isinstance(doc, dict)
     return doc
+
+
+@pytest.fixture(params=BLUEPRINTS)
+def blueprint(request: pytest.FixtureRequest) -> dict[str, Any]:
+    return _blueprint(request.param)
 
 
 def _web(doc: dict[str, Any]) -> dict[str, Any]:
@@ -30,40 +39,42 @@ def _env(web: dict[str, Any]) -> dict[str, dict[str, Any]]:
     return {item["key"]: item for item in web["envVars"]}
 
 
-def test_blueprint_passes_the_spec_checker() -> None:
-    assert check_blueprint(_blueprint()) == []
+def test_blueprint_passes_the_spec_checker(blueprint: dict[str, Any]) -> None:
+    assert check_blueprint(blueprint) == []
 
 
-def test_one_docker_web_service_on_starter_with_health_check() -> None:
-    web = _web(_blueprint())
+def test_one_docker_web_service_on_starter_with_health_check(blueprint: dict[str, Any]) -> None:
+    web = _web(blueprint)
     assert web["runtime"] == "docker"
     assert web["plan"] == "starter"
     assert web["healthCheckPath"] == "/health"
     assert web["autoDeployTrigger"] in {"commit", "checksPass"}
 
 
-def test_env_selects_the_starter_profile_and_generates_the_admin_token() -> None:
-    env = _env(_web(_blueprint()))
+def test_env_selects_the_starter_profile_and_generates_the_admin_token(
+    blueprint: dict[str, Any],
+) -> None:
+    env = _env(_web(blueprint))
     assert env["APP_CONFIG"]["value"] == "config/starter.yaml"
     assert env["ADMIN_TOKEN"] == {"key": "ADMIN_TOKEN", "generateValue": True}
 
 
-def test_metrics_are_protected_by_a_generated_token() -> None:
-    env = _env(_web(_blueprint()))
+def test_metrics_are_protected_by_a_generated_token(blueprint: dict[str, Any]) -> None:
+    env = _env(_web(blueprint))
     assert env["METRICS_TOKEN"] == {"key": "METRICS_TOKEN", "generateValue": True}
 
 
-def test_every_file_the_blueprint_names_exists() -> None:
-    web = _web(_blueprint())
+def test_every_file_the_blueprint_names_exists(blueprint: dict[str, Any]) -> None:
+    web = _web(blueprint)
     assert (ROOT / web["dockerfilePath"]).is_file()
     assert (ROOT / web["dockerContext"]).is_dir()
     assert (ROOT / _env(web)["APP_CONFIG"]["value"]).is_file()
 
 
-def test_shutdown_delay_covers_the_starter_graceful_timeout() -> None:
+def test_shutdown_delay_covers_the_starter_graceful_timeout(blueprint: dict[str, Any]) -> None:
     profile = yaml.safe_load((ROOT / "config" / "starter.yaml").read_text())
     graceful = profile["server"]["graceful_timeout_seconds"]
-    assert _web(_blueprint())["maxShutdownDelaySeconds"] >= graceful
+    assert _web(blueprint)["maxShutdownDelaySeconds"] >= graceful
 
 
 MUTATIONS = [

@@ -71,9 +71,10 @@ def spawn(
     env_overrides: dict[str, str],
     profile: str = "local",
     app: str = "app.main:app",
+    port: int | None = None,
 ) -> Server:
     """Start gunicorn exactly like `make run`, with a private data dir and the given env."""
-    port = free_port()
+    port = port or free_port()
     env = {
         key: value
         for key, value in os.environ.items()

@@ -128,6 +128,8 @@ def _memory_report(state: AppState) -> dict[str, Any]:
         "cleanup": state.cleanup.stats() if state.cleanup is not None else None,
         "monitor": state.monitor.stats() if state.monitor is not None else None,
         "store_connections": state.store.connections if state.store is not None else 0,
+        "invalidation": state.listener.stats() if state.listener is not None else None,
+        "shared_cache": state.shared_tier.stats() if state.shared_tier is not None else None,
     }
 
 

@@ -9,7 +9,6 @@ from typing import Any, Literal
 from fastapi import APIRouter, Request, status
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict
-from starlette.concurrency import run_in_threadpool
 
 from app.api.deps import AppState, StateDep, has_admin_token
 from app.api.errors import STORE_UNAVAILABLE
@@ -46,16 +45,32 @@ async def _store_check(state: AppState, *, details: bool) -> dict[str, Any]:
     if store is None or state.users is None:
         return {"status": "failing", "error": "store_not_open"}
     try:
-        if state.settings.store.offload_reads:
-            await run_in_threadpool(store.check)
-        else:
-            store.check()  # a fresh SQLite connection and one indexed read: ~0.2 ms
+        # SQLite: a fresh connection and one indexed read (~0.2 ms); PostgreSQL: SELECT 1 on
+        # a pooled connection, bounded by store.pool_timeout_seconds.
+        await store.check()
     except StoreUnavailableError as exc:
         check: dict[str, Any] = {"status": "failing", "error": STORE_UNAVAILABLE}
         if details:
             check["detail"] = str(exc)
         return check
     return {"status": "ok"}
+
+
+async def _coherence_checks(state: AppState) -> dict[str, dict[str, Any]]:
+    """The invalidation channel and the Key Value tier: "ok", or "degraded" while down."""
+    checks: dict[str, dict[str, Any]] = {}
+    if state.listener is not None and state.store is not None:
+        # Public: state only. Error texts (hosts, ports) stay in the log and /admin.
+        stats = state.listener.stats()
+        checks["invalidation"] = {
+            "status": "ok" if stats["is_connected"] else "degraded",
+            "channel": state.store.kind,
+            "down_seconds": stats["down_seconds"],
+        }
+    if state.shared_tier is not None:
+        is_up = await state.shared_tier.ping()
+        checks["shared_cache"] = {"status": "ok" if is_up else "degraded", "engine": "key value"}
+    return checks
 
 
 def _details(state: AppState) -> dict[str, Any]:
@@ -72,6 +87,7 @@ def _details(state: AppState) -> dict[str, Any]:
         },
         "cleanup_level": cleanup.level if cleanup is not None else "off",
         "caches": state.manager.get_cache_stats() if state.manager is not None else {},
+        "tiers": state.users.tier_stats() if state.users is not None else {},
     }
 
 
@@ -83,11 +99,15 @@ def _details(state: AppState) -> dict[str, Any]:
 async def health(state: StateDep, request: Request) -> JSONResponse:
     """Status, version and checks (503 when one fails); internals with details or admin token.
 
-    Internals (uptime, pid, RSS, container memory, cleanup level, caches) are shown when
+    A down invalidation channel or Key Value tier makes the status "degraded" (still 200:
+    reads go on with short TTLs); a failing store makes it "failing" (503).
+    Internals (uptime, pid, RSS, container memory, cleanup level, caches, both tiers' hit
+    rates) are shown when
     `health.details` is true or the request carries `Authorization: Bearer <ADMIN_TOKEN>`.
     """
     details = state.settings.health.details or has_admin_token(request)
     checks = {"store": await _store_check(state, details=details)}
+    checks.update(await _coherence_checks(state))
     statuses = {check["status"] for check in checks.values()}
     overall: CheckStatus = (
         "failing" if "failing" in statuses else "degraded" if "degraded" in statuses else "ok"
