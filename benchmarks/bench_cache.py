@@ -34,9 +34,10 @@ from typing import Any
 import cachetools
 import theine
 
+from benchmarks.bench_sizeof import print_estimator_cost
 from benchmarks.targets import report_targets
 from benchmarks.trace import TRACE_CACHE_SIZE, hit_ratios, record_trace
-from memsafe.cache import LRUCache, default_sizeof
+from memsafe.cache import LRUCache
 
 ANCHOR = "cachetools.TTLCache+Lock"
 BASELINE = "OrderedDict+Lock (TTL)"
@@ -365,7 +366,7 @@ def main(argv: list[str] | None = None) -> int:
         "its sets read through and its hit% counts every call. (TTL, bytes): the default "
         "byte estimator on. theine: no TTL; B/entry not measurable with tracemalloc."
     )
-    _print_estimator_cost()
+    print_estimator_cost()
     hit_table = _hit_ratio_table()
     print()
     print(f"targets for {MEMSAFE_TTL}:")
@@ -393,30 +394,6 @@ def main(argv: list[str] | None = None) -> int:
     checks.append(("bytes/entry <= 190", size, size <= 190))
     speed_exit = report_targets(checks)
     return max(speed_exit, _report_hit_ratio_targets(hit_table))
-
-
-def _print_estimator_cost() -> None:
-    """What the default byte estimator costs per set, on a value shaped like the app's user."""
-    row = {
-        "id": 4321,
-        "name": "Ada Lovelace",
-        "email": "ada.lovelace4321@example.com",
-        "city": "London",
-        "created_at": "2024-05-17T00:00:00Z",
-    }
-    repeat = 20_000
-    timings = {}
-    for name, sizeof in (("default_sizeof", default_sizeof), ("sys.getsizeof", sys.getsizeof)):
-        start = time.perf_counter_ns()
-        for _ in range(repeat):
-            sizeof(row)
-        timings[name] = (time.perf_counter_ns() - start) / repeat
-    print()
-    print(
-        f"byte estimator on a user row: default_sizeof {timings['default_sizeof']:.0f} ns "
-        f"({default_sizeof(row)} B) vs sys.getsizeof {timings['sys.getsizeof']:.0f} ns "
-        f"({sys.getsizeof(row)} B), paid once per set of a byte-tracked cache"
-    )
 
 
 # -- hit ratios on the recorded trace (a table of its own, then its own target lines) ---------

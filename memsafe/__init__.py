@@ -15,8 +15,8 @@ from memsafe._types import CleanupStats, RecyclerStats
 from memsafe._version import __version__ as __version__
 from memsafe.bounded import BoundedDict, BoundedList, MetricsCollector, MetricSummary
 from memsafe.cache import CacheStats, LRUCache
-from memsafe.coherent import CoherentCache, SharedTier, TierStats
 from memsafe.cleanup import CleanupConfig, CleanupEvent, MemoryCleanupService
+from memsafe.coherent import CoherentCache, SharedTier, TierStats
 from memsafe.decorators import cached
 from memsafe.drain import DrainMiddleware, WorkerDrain
 from memsafe.history import HistoryData, HistoryEvent, MemoryHistory

@@ -5,24 +5,19 @@ from __future__ import annotations
 import itertools
 import logging
 import os
-import types
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from contextvars import ContextVar
 from pathlib import Path
-from typing import Any, Literal, Union, get_args, get_origin
+from typing import Any, Literal
 
 import yaml
 from pydantic import (
     BaseModel,
-    ConfigDict,
     Field,
     ValidationError,
-    ValidationInfo,
-    field_validator,
 )
 from pydantic.fields import FieldInfo
-from pydantic_core import PydanticCustomError
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -42,6 +37,9 @@ from app.core.config_checks import (
     web_concurrency_problem,
     yaml_error_where,
 )
+from app.core.monitor_settings import HistorySettings, MonitorSettings, TraceSettings
+from app.core.settings_base import _Section
+from app.core.store_settings import CoherenceSettings, StoreSettings
 
 logger = logging.getLogger(__name__)
 
@@ -55,31 +53,6 @@ _yaml_path: ContextVar[Path | None] = ContextVar("_yaml_path", default=None)
 
 class SettingsError(Exception):
     """Invalid configuration: the message names the file, the key, the value and what is allowed."""
-
-
-def _accepts_bool(annotation: Any) -> bool:
-    if annotation is bool:
-        return True
-    origin = get_origin(annotation)
-    if origin is Union or origin is types.UnionType:
-        return any(_accepts_bool(arg) for arg in get_args(annotation))
-    return False
-
-
-class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    @field_validator("*", mode="before")
-    @classmethod
-    def _reject_bool(cls, value: Any, info: ValidationInfo) -> Any:
-        # pydantic's lax mode turns YAML `true` into 1 for int and float fields; refuse it.
-        if not isinstance(value, bool) or info.field_name is None:
-            return value
-        annotation = cls.model_fields[info.field_name].annotation
-        if _accepts_bool(annotation):
-            return value
-        kind = "an integer" if int in (annotation, *get_args(annotation)) else "a number or text"
-        raise PydanticCustomError("bool_not_allowed", f"{kind}, not a boolean")
 
 
 class ServerSettings(_Section):
@@ -160,101 +133,10 @@ class MemorySettings(_Section):
     shrink_fraction: float = Field(default=0.5, gt=0.0, le=1.0)
 
 
-class MonitorSettings(_Section):
-    """The per-request memory monitor middleware."""
-
-    enabled: bool = True
-    add_headers: bool = False
-    alert_delta_mb: float = Field(default=16.0, gt=0, le=65_536)
-    alert_rss_mb: float | None = Field(default=None, gt=0, le=65_536)
-    max_routes: int = Field(default=200, ge=1, le=100_000)
-    max_alerts: int = Field(default=100, ge=1, le=100_000)
-    metrics_share_seconds: float | None = Field(default=5.0, gt=0, le=300)
-
-
-class HistorySettings(_Section):
-    """The per-worker memory history behind /admin/ and /admin/memory/history."""
-
-    interval_seconds: float | None = Field(
-        default=10.0,
-        ge=1.0,
-        le=3600.0,
-        description="Seconds between two samples; null: no history.",
-    )
-    max_samples: int = Field(default=360, ge=2, le=100_000, description="Samples kept per worker.")
-    max_events: int = Field(default=100, ge=1, le=10_000, description="Events kept per worker.")
-    max_workers: int = Field(
-        default=16, ge=1, le=256, description="Workers shown, live and exited."
-    )
-
-
-class TraceSettings(_Section):
-    """POST /admin/memory/trace: a tracemalloc window on every worker."""
-
-    max_seconds: float = Field(
-        default=60.0, gt=0.0, le=600.0, description="Longest trace window, s."
-    )
-    top_n: int = Field(
-        default=15, ge=1, le=1000, description="Allocation sites reported per worker."
-    )
-
-
 class PayloadSettings(_Section):
     """The /payload demo endpoint."""
 
     max_size_kib: int = Field(default=1024, ge=1, le=64 * 1024)
-
-
-class StoreSettings(_Section):
-    """The user store: the embedded SQLite file, or PostgreSQL when database_url is set."""
-
-    path: Path = Path("data/app.sqlite3")
-    seed_users: int = Field(default=10_000, ge=0, le=10_000_000)
-    offload_reads: bool = False
-    database_url: SecretStr | None = None
-    database_schema: str = Field(default="public", pattern=r"^[a-z_][a-z0-9_]{0,40}$")
-    pool_min_size: int = Field(default=1, ge=0, le=100)
-    pool_max_size: int = Field(default=4, ge=1, le=100)
-    pool_timeout_seconds: float = Field(default=2.0, gt=0, le=60)
-    connect_timeout_seconds: int = Field(default=3, ge=1, le=60)
-    statement_timeout_ms: int = Field(default=5000, ge=100, le=600_000)
-    max_page_size: int = Field(default=100, ge=1, le=1000)
-    poll_interval_seconds: float = Field(default=0.02, ge=0.001, le=10)
-    change_log_rows: int = Field(default=10_000, ge=100, le=10_000_000)
-
-    @field_validator("path")
-    @classmethod
-    def _check_path(cls, path: Path) -> Path:
-        # Fail at start-up with the key named, not with a sqlite3 traceback in the lifespan.
-        if path.is_dir() or not path.name:
-            raise PydanticCustomError("store_path", "a file path, not a directory")
-        ancestor = path.parent
-        while not ancestor.exists() and ancestor != ancestor.parent:
-            ancestor = ancestor.parent
-        if not ancestor.is_dir():
-            raise PydanticCustomError(
-                "store_path",
-                "a file path whose parent is a directory or can be created ({ancestor} is not a "
-                "directory)",
-                {"ancestor": str(ancestor)},
-            )
-        return path
-
-
-class CoherenceSettings(_Section):
-    """Cross-worker cache coherence and the optional Key Value (Redis) second tier."""
-
-    redis_url: SecretStr | None = None
-    degraded_ttl_seconds: float = Field(default=2.0, gt=0, le=300)
-    reconnect_min_seconds: float = Field(default=0.1, gt=0, le=60)
-    reconnect_max_seconds: float = Field(default=5.0, gt=0, le=600)
-    fence_max_keys: int = Field(default=10_000, ge=1, le=10_000_000)
-    fence_ttl_seconds: float = Field(default=60.0, gt=0, le=86_400)
-    shared_ttl_seconds: int = Field(default=300, ge=1, le=86_400 * 7)
-    redis_timeout_seconds: float = Field(default=0.25, gt=0, le=30)
-    redis_max_connections: int = Field(default=8, ge=1, le=1000)
-    redis_max_pending_writes: int = Field(default=1000, ge=0, le=1_000_000)
-    key_prefix: str = Field(default="memsafe:users:", min_length=1, max_length=100)
 
 
 class LoggingSettings(_Section):

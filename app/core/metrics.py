@@ -178,8 +178,11 @@ def families(snapshots: list[Snapshot]) -> Iterator[Metric]:
         for name in ("l1_hit_rate", "l2_hit_rate", "degraded")
     }
     # TierStats keys of each gauge (a renamed key is a KeyError here, not a silent 0)
-    tier_rate_keys = {"l1_hit_rate": "l1_hit_rate", "l2_hit_rate": "l2_hit_rate",
-                      "degraded": "is_degraded"}
+    tier_rate_keys = {
+        "l1_hit_rate": "l1_hit_rate",
+        "l2_hit_rate": "l2_hit_rate",
+        "degraded": "is_degraded",
+    }
     cleanup_passes = CounterMetricFamily("app_cleanup_passes", "Cleanup passes", labels=["pid"])
     cleanup_failures = CounterMetricFamily(
         "app_cleanup_failures", "Failed cleanup passes", labels=["pid"]

@@ -29,7 +29,10 @@ def test_public_health_shows_status_version_and_checks_only(
     assert response.json() == {
         "status": "ok",
         "version": "0.1.0",
-        "checks": {"store": {"status": "ok"}},
+        "checks": {
+            "store": {"status": "ok"},
+            "invalidation": {"status": "ok", "channel": "sqlite", "down_seconds": 0.0},
+        },
     }
 
 
@@ -59,7 +62,8 @@ def test_health_wrong_token_gets_the_public_view_not_an_error(
 def test_health_details_on_in_the_local_profile(client: TestClient) -> None:
     body = client.get("/health").json()
     assert set(body) >= INTERNALS
-    assert body["checks"] == {"store": {"status": "ok"}}
+    assert body["checks"]["store"] == {"status": "ok"}
+    assert body["tiers"]["l1_hits"] == 0  # both tiers' hit rates are details
 
 
 def test_docs_off_in_render_like_profile(

@@ -137,7 +137,7 @@ def test_an_unreadable_sqlite_file_raises_store_unavailable(tmp_path: Path) -> N
 
     async def main() -> None:
         store = SQLiteStore(path)
-        with pytest.raises(StoreUnavailableError, match="sqlite store"):
+        with pytest.raises(StoreUnavailableError, match="cannot answer: DatabaseError"):
             await store.get_user(1)
         await store.close()
 
