@@ -13,7 +13,14 @@ import psycopg
 from psycopg import sql
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
-from app.store import SEED_RANDOM, StoreUnavailableError, User, UserFields, _demo_user
+from app.store import (
+    SEED_RANDOM,
+    StoreUnavailableError,
+    User,
+    UserFields,
+    _demo_user,
+    row_to_user,
+)
 from memsafe.invalidation import Invalidation
 
 logger = logging.getLogger(__name__)
@@ -40,17 +47,6 @@ _COLUMNS = (
     "id, name, email, city, "
     """to_char(created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS"Z"'), version"""
 )
-
-
-def _user(row: Sequence[Any]) -> User:
-    return {
-        "id": row[0],
-        "name": row[1],
-        "email": row[2],
-        "city": row[3],
-        "created_at": row[4],
-        "version": row[5],
-    }
 
 
 def check_schema(schema: str) -> str:
@@ -220,19 +216,19 @@ class PostgresStore:
                     )
         except (psycopg.OperationalError, psycopg.InterfaceError, PoolTimeout) as exc:
             raise StoreUnavailableError(f"postgres store: {type(exc).__name__}: {exc}") from exc
-        return None if row is None else _user(row)
+        return None if row is None else row_to_user(row)
 
     async def get_user(self, user_id: int) -> User | None:
         """The user with `user_id`, or None."""
         rows = await self._fetch(
             self._q("SELECT {columns} FROM {schema}.users WHERE id = %s"), [user_id]
         )
-        return _user(rows[0]) if rows else None
+        return row_to_user(rows[0]) if rows else None
 
     async def list_users(self, *, after_id: int, limit: int) -> list[User]:
         """Up to `limit` users with ids above `after_id`, in id order (keyset pagination)."""
         query = self._q("SELECT {columns} FROM {schema}.users WHERE id > %s ORDER BY id LIMIT %s")
-        return [_user(row) for row in await self._fetch(query, [after_id, limit])]
+        return [row_to_user(row) for row in await self._fetch(query, [after_id, limit])]
 
     async def count(self) -> int:
         """How many users there are."""

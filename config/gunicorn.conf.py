@@ -15,7 +15,7 @@ if str(_ROOT) not in sys.path:
     sys.path.insert(0, str(_ROOT))
 
 from app.core.config import SettingsError, load_settings  # noqa: E402  (needs sys.path above)
-from app.core.logging import HANDLER_NAME, LOG_FORMAT  # noqa: E402
+from app.core.logging import log_config  # noqa: E402
 
 BOOT_ERROR_EXIT_CODE = 3  # gunicorn's WORKER_BOOT_ERROR: the app cannot start
 WORKER_CLASSES = {
@@ -80,29 +80,9 @@ worker_tmp_dir = "/dev/shm" if os.path.isdir("/dev/shm") else None
 accesslog = None
 errorlog = "-"
 loglevel = _settings.logging.level.lower()
-# gunicorn's own lines in the app's one-line format, on stdout like everything else. The
-# handler's name matches app.core.logging's, so create_app does not add a second one.
+# gunicorn's own lines in the app's one-line format, on stdout like everything else.
 # Ref: https://docs.gunicorn.org/en/stable/settings.html#logconfig-dict
-logconfig_dict = {
-    "version": 1,
-    "disable_existing_loggers": False,
-    "filters": {"request_id": {"()": "app.core.logging.RequestIdFilter"}},
-    "formatters": {"app": {"()": "app.core.logging.OneLineFormatter", "format": LOG_FORMAT}},
-    "handlers": {
-        HANDLER_NAME: {
-            "class": "logging.StreamHandler",
-            "stream": "ext://sys.stdout",
-            "formatter": "app",
-            "filters": ["request_id"],
-        }
-    },
-    "root": {"level": _settings.logging.level, "handlers": [HANDLER_NAME]},
-    "loggers": {
-        "gunicorn.error": {"level": _settings.logging.level, "handlers": [], "propagate": True},
-        # the app logs requests itself, with the request id (logging.access_log)
-        "gunicorn.access": {"level": "WARNING", "handlers": [], "propagate": False},
-    },
-}
+logconfig_dict = log_config(_settings.logging.level, "gunicorn")
 proc_name = "memsafe-app"
 # gunicorn 27's runtime control socket (gunicornc) is an admin interface and a master thread
 # nobody on Render uses; it also lives at one fixed path per user, so two servers clash.

@@ -10,39 +10,14 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import Any
 
 import uvicorn
 
 from app.core.config import SettingsError, load_settings
-from app.core.logging import HANDLER_NAME, LOG_FORMAT
+from app.core.logging import log_config
 
 WATCHED_DIRS = ["app", "memsafe", "config"]
 WATCHED_PATTERNS = ["*.py", "*.yaml"]
-
-
-def log_config(level: str) -> dict[str, Any]:
-    """uvicorn's own lines in the app's format; its access log off (the app logs requests)."""
-    return {
-        "version": 1,
-        "disable_existing_loggers": False,
-        "filters": {"request_id": {"()": "app.core.logging.RequestIdFilter"}},
-        "formatters": {"app": {"()": "app.core.logging.OneLineFormatter", "format": LOG_FORMAT}},
-        "handlers": {
-            HANDLER_NAME: {
-                "class": "logging.StreamHandler",
-                "stream": "ext://sys.stdout",
-                "formatter": "app",
-                "filters": ["request_id"],
-            }
-        },
-        "root": {"level": level, "handlers": [HANDLER_NAME]},
-        "loggers": {
-            "uvicorn": {"level": level, "handlers": [], "propagate": True},
-            "uvicorn.error": {"level": level, "handlers": [], "propagate": True},
-            "uvicorn.access": {"level": "WARNING", "handlers": [], "propagate": False},
-        },
-    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -63,7 +38,7 @@ def main(argv: list[str] | None = None) -> int:
         reload_dirs=WATCHED_DIRS,
         reload_includes=WATCHED_PATTERNS,
         access_log=False,
-        log_config=log_config(settings.logging.level),
+        log_config=log_config(settings.logging.level, "uvicorn"),
     )
     return 0
 

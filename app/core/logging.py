@@ -10,7 +10,7 @@ import time
 import uuid
 from collections.abc import Callable
 from contextvars import ContextVar
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -165,3 +165,33 @@ class RequestIdMiddleware:
                     (time.perf_counter() - started) * 1000.0,
                 )
             request_id_var.reset(token)
+
+
+def log_config(level: str, server: str) -> dict[str, Any]:
+    """logging.dictConfig for a server's own lines in the app's one-line format, on stdout.
+
+    `server` is the logger prefix ("gunicorn" or "uvicorn"): its error lines propagate to the
+    root handler and its access log is off, because the app logs each request itself, with
+    its request id (logging.access_log). The handler's name matches configure_logging's, so
+    create_app does not add a second one.
+    """
+    return {
+        "version": 1,
+        "disable_existing_loggers": False,
+        "filters": {"request_id": {"()": "app.core.logging.RequestIdFilter"}},
+        "formatters": {"app": {"()": "app.core.logging.OneLineFormatter", "format": LOG_FORMAT}},
+        "handlers": {
+            HANDLER_NAME: {
+                "class": "logging.StreamHandler",
+                "stream": "ext://sys.stdout",
+                "formatter": "app",
+                "filters": ["request_id"],
+            }
+        },
+        "root": {"level": level, "handlers": [HANDLER_NAME]},
+        "loggers": {
+            server: {"level": level, "handlers": [], "propagate": True},
+            f"{server}.error": {"level": level, "handlers": [], "propagate": True},
+            f"{server}.access": {"level": "WARNING", "handlers": [], "propagate": False},
+        },
+    }

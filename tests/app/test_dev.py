@@ -8,6 +8,7 @@ import sys
 import pytest
 
 from app.core import check, dev
+from app.core.logging import log_config
 from tests.app.conftest import ROOT
 
 
@@ -18,7 +19,7 @@ def test_dev_watches_only_the_sources_and_profiles() -> None:
 
 
 def test_dev_logs_requests_once_in_the_app_format() -> None:
-    config = dev.log_config("INFO")
+    config = log_config("INFO", "uvicorn")
     assert config["loggers"]["uvicorn.access"]["level"] == "WARNING"
     assert config["formatters"]["app"]["()"] == "app.core.logging.OneLineFormatter"
 
