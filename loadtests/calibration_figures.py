@@ -101,19 +101,11 @@ def judge_run_dir(run_dir: Path, config: Mapping[str, Any]) -> tuple[Verdict, fl
              "spawn_rate": old["spawn_rate"], "warmup_fraction": old["warmup_fraction"]},
     )  # fmt: skip
     oom = next((c["value"] for c in summary["criteria"] if c["name"].startswith("server alive")), 0)
-    facts = RunFacts(
-        samples=samples,
+    facts = RunFacts.from_locust(
+        results,
+        samples,
         duration_seconds=settings.duration_seconds,
         load_start_seconds=float(summary.get("load_start_seconds") or 0.0),
-        requests=results.requests,
-        failures=results.failures,
-        p50_ms=results.p50_ms,
-        p95_ms=results.p95_ms,
-        p99_ms=results.p99_ms,
-        rps=results.rps,
-        health_checks=results.health_checks,
-        health_failures=results.health_failures,
-        health_max_ms=results.health_max_ms,
         request_counts=counts,
         oom_kills=int(oom or 0),
         fatal_reason=summary.get("fatal_reason"),

@@ -341,19 +341,11 @@ def _judge_and_report(
     # the moment Locust was started: the later of the two is the load's start.
     started_at = out.load_start_seconds or 0.0
     load_start = max(counts[0][0], started_at) if counts else started_at
-    facts = RunFacts(
-        samples=samples,
+    facts = RunFacts.from_locust(
+        results,
+        samples,
         duration_seconds=settings.duration_seconds,
         load_start_seconds=load_start,
-        requests=results.requests,
-        failures=results.failures,
-        p50_ms=results.p50_ms,
-        p95_ms=results.p95_ms,
-        p99_ms=results.p99_ms,
-        rps=results.rps,
-        health_checks=results.health_checks,
-        health_failures=results.health_failures,
-        health_max_ms=results.health_max_ms,
         request_counts=counts,
         oom_kills=sampler.oom_kills if sampler else 0,
         fatal_reason=fatal_reason or out.interrupted,

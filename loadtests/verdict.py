@@ -16,6 +16,7 @@ from loadtests.trend import FAIL, INCONCLUSIVE, PASS, TrendJudgement, judge_tren
 
 if TYPE_CHECKING:
     from loadtests.guard import MemorySample
+    from loadtests.locust_io import LocustResults
 
 MIB = 1024 * 1024
 # A slope from fewer post-warm-up samples than this is not evidence of anything.
@@ -56,6 +57,43 @@ class RunFacts:
     locust_exit_code: int | None = 0
     recycles: int = 0
     hit_rate: float | None = None
+
+    @classmethod
+    def from_locust(
+        cls,
+        results: LocustResults,
+        samples: Sequence[MemorySample],
+        *,
+        duration_seconds: float,
+        load_start_seconds: float,
+        request_counts: Sequence[tuple[float, int]],
+        oom_kills: int,
+        fatal_reason: str | None,
+        locust_exit_code: int | None,
+        recycles: int,
+        hit_rate: float | None,
+    ) -> RunFacts:
+        """The facts of a run: Locust's and the health poller's figures from `results`."""
+        return cls(
+            samples=samples,
+            duration_seconds=duration_seconds,
+            load_start_seconds=load_start_seconds,
+            requests=results.requests,
+            failures=results.failures,
+            p50_ms=results.p50_ms,
+            p95_ms=results.p95_ms,
+            p99_ms=results.p99_ms,
+            rps=results.rps,
+            health_checks=results.health_checks,
+            health_failures=results.health_failures,
+            health_max_ms=results.health_max_ms,
+            request_counts=request_counts,
+            oom_kills=oom_kills,
+            fatal_reason=fatal_reason,
+            locust_exit_code=locust_exit_code,
+            recycles=recycles,
+            hit_rate=hit_rate,
+        )
 
 
 @dataclass(frozen=True)

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import psutil
 import pytest
 
-from benchmarks.bench_recycle import drive
+from benchmarks.bench_recycle import Traffic, drive
 from loadtests.server import free_port
 
 pytestmark = [pytest.mark.slow, pytest.mark.e2e]
@@ -124,6 +124,28 @@ def _stop_after_recycles(
             stop.set()
 
 
+def _drive_until_recycles(
+    server: Server, line: str = RECYCLE_LINE, count: int = MIN_RECYCLES
+) -> Traffic:
+    """Never-retrying keep-alive traffic until the log shows `count` lines `line` (or timeout)."""
+    stop = threading.Event()
+    watcher = threading.Thread(
+        target=_stop_after_recycles, args=(server, stop, line, count), daemon=True
+    )
+    watcher.start()
+    traffic = drive(
+        server.port,
+        path="/",
+        connections=CONNECTIONS,
+        rate=RATE_PER_SECOND,
+        duration_seconds=RUN_LIMIT_SECONDS,
+        stop=stop,
+    )
+    stop.set()
+    watcher.join(timeout=5)
+    return traffic
+
+
 @pytest.mark.parametrize("workers", [1, 2])
 @pytest.mark.parametrize(
     "worker_class",
@@ -137,19 +159,7 @@ def test_keep_alive_clients_that_never_retry_see_no_failure_across_recycles(
 ) -> None:
     with _gunicorn(tmp_path, worker_class, workers) as server:
         _wait_ready(server)
-        stop = threading.Event()
-        watcher = threading.Thread(target=_stop_after_recycles, args=(server, stop), daemon=True)
-        watcher.start()
-        traffic = drive(
-            server.port,
-            path="/",
-            connections=CONNECTIONS,
-            rate=RATE_PER_SECOND,
-            duration_seconds=RUN_LIMIT_SECONDS,
-            stop=stop,
-        )
-        stop.set()
-        watcher.join(timeout=5)
+        traffic = _drive_until_recycles(server)
         final_workers = _settled_worker_count(server, workers)
     log = server.log()
     recycles = log.count(RECYCLE_LINE)
@@ -188,23 +198,7 @@ def test_max_requests_restarts_a_lone_worker_with_overlap_and_no_failure(
     recycles = 5
     with _gunicorn(tmp_path, worker_class, 1, leak_kib=0, max_requests=40) as server:
         _wait_ready(server)
-        stop = threading.Event()
-        watcher = threading.Thread(
-            target=_stop_after_recycles,
-            args=(server, stop, "asked master", recycles),
-            daemon=True,
-        )
-        watcher.start()
-        traffic = drive(
-            server.port,
-            path="/",
-            connections=CONNECTIONS,
-            rate=RATE_PER_SECOND,
-            duration_seconds=RUN_LIMIT_SECONDS,
-            stop=stop,
-        )
-        stop.set()
-        watcher.join(timeout=5)
+        traffic = _drive_until_recycles(server, "asked master", recycles)
         final_workers = _settled_worker_count(server, 1)
     log = server.log()
     assert traffic.failures == [], log[-5000:]
