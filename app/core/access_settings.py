@@ -38,8 +38,9 @@ class AdminSettings(_AccessSection):
     token: SecretStr | None = Field(
         default=None,
         description=(
-            "Bearer token for /admin/* and for /health details; env ADMIN_TOKEN only, never a "
-            f"file. At least {MIN_TOKEN_CHARS} characters; surrounding whitespace is stripped."
+            "Bearer token for /admin/*, /health details and writes (POST/PATCH/DELETE /users); "
+            "env ADMIN_TOKEN only, never a file. At least "
+            f"{MIN_TOKEN_CHARS} characters; surrounding whitespace is stripped."
         ),
     )
 
