@@ -15,7 +15,7 @@ IMAGE ?= render-memsafe-template
 
 .PHONY: help install run dev test test-fast lint fmt typecheck check bench bench-http \
         bench-middleware bench-recycle bench-sizeof bench-slowloris loadtest loadtest-calibrate \
-        emulate leak-report browser docker-build docker-run lock clean chaos
+        emulate leak-report browser config-docs docker-build docker-run lock clean chaos
 
 help: ## Show this help
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | \
@@ -55,6 +55,9 @@ chaos: $(STAMP) ## Fault suite on real gunicorn: failed start-up, corrupt store,
 
 test-fast: $(STAMP) ## Run the tests that need no real thread, process or server
 	$(BIN)/pytest -m 'not slow and not e2e' -q
+
+config-docs: $(STAMP) ## Rewrite the profiles' key comments and the README table from the Field descriptions
+	$(BIN)/python -m app.core.config_docs --write
 
 lint: $(STAMP) ## Ruff lint and format check
 	$(BIN)/ruff check .

@@ -19,9 +19,10 @@ from app.api.errors import add_error_handlers
 from app.api.routes import admin, docs, health, metrics, payload, users
 from app.core.actions import worker_actions
 from app.core.commands import CommandBus
-from app.core.config import MIB, Settings, get_settings, log_settings
+from app.core.config import Settings, get_settings, log_settings
 from app.core.history import WorkerHistory
 from app.core.logging import RequestIdMiddleware, configure_logging
+from app.core.memory_settings import MIB
 from app.core.metrics import (
     LiveCollector,
     RequestMetrics,

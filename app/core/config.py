@@ -9,14 +9,10 @@ from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from contextvars import ContextVar
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import yaml
-from pydantic import (
-    BaseModel,
-    Field,
-    ValidationError,
-)
+from pydantic import BaseModel, ValidationError
 from pydantic.fields import FieldInfo
 from pydantic_settings import (
     BaseSettings,
@@ -37,8 +33,9 @@ from app.core.config_checks import (
     web_concurrency_problem,
     yaml_error_where,
 )
+from app.core.memory_settings import MIB, CachesSettings, MemorySettings, PayloadSettings
 from app.core.monitor_settings import HistorySettings, MonitorSettings, TraceSettings
-from app.core.settings_base import _Section
+from app.core.server_settings import LoggingSettings, ServerSettings
 from app.core.store_settings import CoherenceSettings, StoreSettings
 
 logger = logging.getLogger(__name__)
@@ -46,113 +43,12 @@ logger = logging.getLogger(__name__)
 CONFIG_ENV_VAR = "APP_CONFIG"
 DEFAULT_CONFIG_PATH = "config/local.yaml"
 ENV_PREFIX = "APP_"
-MIB = 1024 * 1024
 
 _yaml_path: ContextVar[Path | None] = ContextVar("_yaml_path", default=None)
 
 
 class SettingsError(Exception):
     """Invalid configuration: the message names the file, the key, the value and what is allowed."""
-
-
-class ServerSettings(_Section):
-    """How gunicorn serves the app (read by config/gunicorn.conf.py)."""
-
-    workers: int = Field(default=1, ge=1, le=32)
-    worker_class: Literal["guarded", "asgi", "uvicorn"] = "guarded"
-    timeout_seconds: int = Field(default=30, ge=5, le=600)
-    graceful_timeout_seconds: int = Field(default=20, ge=1, le=300)
-    keepalive_seconds: int = Field(default=5, ge=0, le=300)
-    max_requests: int = Field(default=0, ge=0, le=10_000_000)
-    max_requests_jitter: int = Field(default=0, ge=0, le=1_000_000)
-    max_worker_rss_mb: int | None = Field(default=None, ge=32, le=65_536)
-    rss_check_interval_seconds: float = Field(default=1.0, gt=0.0, le=600.0)
-    recycle_overlap_max_workers: int = Field(default=1, ge=0, le=32)
-    preload: bool = True
-    forwarded_allow_ips: str = "127.0.0.1"
-    # Slowloris and connection exhaustion (issue 10 section 2); applied by the "guarded" worker.
-    head_timeout_seconds: float = Field(
-        default=10.0,
-        gt=0.0,
-        le=300.0,
-        description="Seconds from accept until a request head must be complete (total, not per "
-        "byte); past it the client gets 408 and the connection closes.",
-    )
-    max_connections: int = Field(
-        default=768,
-        ge=1,
-        le=1_000_000,
-        description="Open connections per worker; lowered at start-up below RLIMIT_NOFILE minus "
-        "160 reserved fds. At the cap the longest-waiting idle connection is shed.",
-    )
-    refusal_log_interval_seconds: float = Field(
-        default=10.0,
-        ge=1.0,
-        le=3600.0,
-        description="Seconds between two log lines counting refused and shed connections, head "
-        "timeouts and accept() errors (at most one line per interval).",
-    )
-
-
-class CacheSettings(_Section):
-    """One cache: count bound, default TTL, optional byte bound and eviction policy."""
-
-    max_size: int = Field(default=10_000, ge=1, le=10_000_000)
-    ttl_seconds: float | None = Field(default=300.0, gt=0, le=86_400 * 7)
-    max_bytes: int | None = Field(default=None, ge=1024, le=64 * 1024 * MIB)
-    policy: Literal["lru", "slru", "tinylfu"] = Field(
-        default="tinylfu",
-        description=(
-            'Eviction policy: "lru" (least recently used), "slru" (segmented LRU) or "tinylfu" '
-            "(W-TinyLFU: LRU window, segmented LRU main space, count-min frequency admission). "
-            "tinylfu keeps hot entries through a cold scan; see memsafe.LRUCache."
-        ),
-    )
-
-
-class CachesSettings(_Section):
-    """Every named cache plus the byte budget they share."""
-
-    total_budget_mb: int | None = Field(default=64, ge=1, le=65_536)
-    users: CacheSettings = CacheSettings()
-
-
-class MemorySettings(_Section):
-    """Thresholds and cadence of the per-worker cleanup service."""
-
-    soft_limit_mb: int | None = Field(default=None, ge=32, le=65_536)
-    hard_limit_mb: int | None = Field(default=None, ge=32, le=65_536)
-    recycle_limit_mb: int | None = Field(default=None, ge=32, le=65_536)
-    soft_fraction: float | None = Field(default=None, gt=0.0, le=1.0)
-    hard_fraction: float | None = Field(default=None, gt=0.0, le=1.0)
-    recycle_fraction: float | None = Field(default=None, gt=0.0, le=1.0)
-    interval_seconds: float = Field(default=30.0, ge=0.5, le=3600.0)
-    hysteresis_mb: int = Field(default=16, ge=0, le=4096)
-    min_full_gc_gap_seconds: float = Field(default=60.0, ge=0.0, le=86_400.0)
-    periodic_gc_seconds: float | None = Field(default=None, gt=0, le=86_400.0)
-    shrink_fraction: float = Field(default=0.5, gt=0.0, le=1.0)
-
-
-class PayloadSettings(_Section):
-    """The /payload demo endpoint."""
-
-    max_size_kib: int = Field(default=1024, ge=1, le=64 * 1024)
-
-
-class LoggingSettings(_Section):
-    """Log level and access log of the app (stdout, one line per event)."""
-
-    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
-    access_log: bool = False
-    repeat_interval_seconds: float = Field(
-        default=10.0,
-        gt=0.0,
-        le=3600.0,
-        description=(
-            "Seconds between two log lines about one repeated failure (e.g. a store that "
-            "cannot answer); the ones in between are counted into the next line."
-        ),
-    )
 
 
 class Settings(BaseSettings):
@@ -214,32 +110,39 @@ class Settings(BaseSettings):
         return data
 
 
+# Variables a platform (Render) sets, read without the APP_ prefix; the APP_ name wins over them.
+PLATFORM_ENV_VARS = {
+    "server.workers": "WEB_CONCURRENCY",
+    "admin.token": "ADMIN_TOKEN",
+    "metrics.token": "METRICS_TOKEN",
+    "store.database_url": "DATABASE_URL",
+    "coherence.redis_url": "REDIS_URL",
+}
+
+
 class _PlatformEnvSource(PydanticBaseSettingsSource):
-    """Un-prefixed platform env vars: WEB_CONCURRENCY, ADMIN_TOKEN, METRICS_TOKEN, DATABASE_URL,
-    REDIS_URL."""
+    """The un-prefixed platform variables of PLATFORM_ENV_VARS."""
 
     def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
         return None, field_name, False  # unused: __call__ builds the whole mapping
 
     def __call__(self) -> dict[str, Any]:
         data: dict[str, Any] = {}
-        concurrency = os.environ.get("WEB_CONCURRENCY", "").strip()
-        if concurrency:
-            data["server"] = {"workers": concurrency}
-        for section, name in _TOKEN_ENV_VARS.items():
-            token = os.environ.get(name, "")
-            if token:
-                data[section] = {"token": token}
-        for env, section, key in (
-            ("DATABASE_URL", "store", "database_url"),
-            ("REDIS_URL", "coherence", "redis_url"),
-        ):
-            if value := os.environ.get(env, "").strip():
-                data[section] = {key: value}
+        for dotted, env in PLATFORM_ENV_VARS.items():
+            section, key = dotted.split(".")
+            # A token keeps its whitespace: its validator strips it and counts what is left.
+            raw = os.environ.get(env, "")
+            value = raw if key == "token" else raw.strip()
+            if value:
+                data.setdefault(section, {})[key] = value
         return data
 
 
-_TOKEN_ENV_VARS = {"admin": "ADMIN_TOKEN", "metrics": "METRICS_TOKEN"}
+_TOKEN_ENV_VARS = {
+    dotted.split(".")[0]: env
+    for dotted, env in PLATFORM_ENV_VARS.items()
+    if dotted.endswith(".token")
+}
 
 
 def _read_yaml(path: Path) -> dict[str, Any]:

@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from app.core.config import MIB, SettingsError, get_settings, load_settings, log_settings
+from app.core.config import SettingsError, get_settings, load_settings, log_settings
+from app.core.memory_settings import MIB
 from tests.app.conftest import ROOT, ProfileWriter
 
 PROFILES = ("local", "starter", "standard")
@@ -399,23 +400,28 @@ def test_app_env_vars_matching_no_key_are_warned_about(
     [
         (
             "  workers: [2",
-            "at line 10 ('workers: [2'; the parser stopped at line {next}, column 3)",
+            "at line {line} ('workers: [2'; the parser stopped at line {next}, column 3)",
         ),
-        ('  workers: "2', "at line 10 ('workers: \"2'; the parser stopped at line 11"),
-        (" workers: 2", "at line 10 ('workers: 2'; the parser stopped at line {next}, column 3)"),
-        ("  workers: 2: 3", "at line 10, column 13 ('workers: 2: 3')"),
+        ('  workers: "2', "at line {line} ('workers: \"2'; the parser stopped at line {line1}"),
+        (
+            " workers: 2",
+            "at line {line} ('workers: 2'; the parser stopped at line {next}, column 3)",
+        ),
+        ("  workers: 2: 3", "at line {line}, column 13 ('workers: 2: 3')"),
     ],
 )
 def test_yaml_syntax_error_points_at_the_broken_line(
     tmp_path: Path, broken: str, expected: str
 ) -> None:
     lines = (ROOT / "config" / "local.yaml").read_text().splitlines()
-    assert lines[9].strip() == "workers: 2"  # line 10, followed by comment lines
+    at = lines.index("  workers: 2")  # followed by comment lines
     # the parser reads past the comment lines that follow: it stops at the next key's line
-    next_key = next(i for i in range(10, len(lines)) if not lines[i].lstrip().startswith("#"))
-    lines[9] = broken
+    next_key = next(i for i in range(at + 1, len(lines)) if not lines[i].lstrip().startswith("#"))
+    lines[at] = broken
     path = tmp_path / "broken.yaml"
     path.write_text("\n".join(lines) + "\n")
     with pytest.raises(SettingsError) as info:
         load_settings(path)
-    assert expected.replace("{next}", str(next_key + 1)).replace('\\"', '"') in str(info.value)
+    expected = expected.replace("{next}", str(next_key + 1)).replace('\\"', '"')
+    expected = expected.replace("{line1}", str(at + 2)).replace("{line}", str(at + 1))
+    assert expected in str(info.value)
