@@ -23,15 +23,9 @@ from app.core.config import Settings, get_settings, log_settings
 from app.core.history import WorkerHistory
 from app.core.logging import RequestIdMiddleware, configure_logging
 from app.core.memory_settings import MIB
-from app.core.metrics import (
-    LiveCollector,
-    RequestMetrics,
-    RequestMetricsMiddleware,
-    SharedSnapshots,
-    Snapshot,
-    UnsafeDirectoryError,
-    shared_snapshot_dir,
-)
+from app.core.prometheus import LiveCollector, Snapshot
+from app.core.request_metrics import RequestMetrics, RequestMetricsMiddleware
+from app.core.shared_snapshots import SharedSnapshots, UnsafeDirectoryError, shared_snapshot_dir
 from app.core.startup import guard_startup
 from app.services.users import UserDataService
 from app.store import StoreBackend, StoreUnavailableError, ensure_seeded

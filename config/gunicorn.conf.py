@@ -142,7 +142,7 @@ def on_exit(server: Any) -> None:
     """Remove the workers' shared metrics directory (each worker already removed its file)."""
     import shutil
 
-    from app.core.metrics import shared_snapshot_dir
+    from app.core.shared_snapshots import shared_snapshot_dir
 
     shutil.rmtree(shared_snapshot_dir(os.getpid()), ignore_errors=True)
     _recycler.on_exit(server)

@@ -10,7 +10,13 @@ from memsafe._default_cleanup import (
     start_memory_cleanup_sync,
     stop_memory_cleanup,
 )
-from memsafe._routes import method_key, route_template
+from memsafe._routes import (
+    OVERFLOW_ROUTE,
+    UNMATCHED_ROUTE,
+    RouteBuckets,
+    method_key,
+    route_template,
+)
 from memsafe._types import CleanupStats, RecyclerStats
 from memsafe._version import __version__ as __version__
 from memsafe.bounded import BoundedDict, BoundedList, MetricsCollector, MetricSummary
@@ -48,6 +54,8 @@ from memsafe.singleton import AgentSingleton, SingletonMeta, singleton_stats
 from memsafe.tracing import AllocationSite, AllocationTracer, TraceBusyError, TraceReport
 
 __all__ = [
+    "OVERFLOW_ROUTE",
+    "UNMATCHED_ROUTE",
     "AgentSingleton",
     "AllocationSite",
     "AllocationTracer",
@@ -76,6 +84,7 @@ __all__ = [
     "RSSRecycler",
     "RecyclerStats",
     "ReleaseResult",
+    "RouteBuckets",
     "SharedTier",
     "SingletonMeta",
     "TierStats",

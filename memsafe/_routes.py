@@ -1,10 +1,16 @@
-"""Per-route bookkeeping for the memory monitor: bounded route keys and per-route tallies."""
+"""Per-route bookkeeping: the route key rule, its bounded buckets, and the monitor's tallies."""
 
 from __future__ import annotations
 
 from typing import Final, TypedDict
 
+from memsafe._checks import _check_positive_int
+
 UNMATCHED_ROUTE: Final = "<unmatched>"
+"""The one route key (and route label) of every request that no route matched."""
+OVERFLOW_ROUTE: Final = "<overflow>"
+"""The route key (and route label) shared by every route key beyond ``max_routes``."""
+DEFAULT_MAX_ROUTES: Final = 200
 # Methods are client-chosen strings: anything else is folded into one key so it cannot grow
 # a table keyed by method.
 _KNOWN_METHODS: Final = frozenset(
@@ -49,10 +55,67 @@ def route_template(route: object, root_path: object) -> str | None:
 
 def route_key(route: object, root_path: object, method: object) -> str:
     """``"GET /users/{user_id}"``, or ``<unmatched>`` for requests no route matched."""
-    template = route_template(route, root_path)
-    if template is None:
-        return UNMATCHED_ROUTE
-    return f"{method_key(method)} {template}"
+    return _key(method_key(method), route_template(route, root_path))
+
+
+def _key(method_label: str, template: str | None) -> str:
+    return UNMATCHED_ROUTE if template is None else f"{method_label} {template}"
+
+
+class RouteBuckets:
+    """Bounds per-route stats: the first ``max_routes`` route keys seen keep their own bucket.
+
+    A route key is a method and a route template (``"GET /users/{user_id}"``) or
+    ``UNMATCHED_ROUTE`` (one key for every method), so raw paths and odd methods never make
+    new keys. Once ``max_routes`` keys have a bucket, requests under any new key share the
+    ``OVERFLOW_ROUTE`` bucket; a key keeps its bucket until ``clear()``. MemoryMonitor buckets
+    its route table this way; use it for any other per-route stats (Prometheus labels, say) so
+    that they bucket the same requests under the same labels.
+
+    Thread safety: none of its own; callers serialize calls with their own lock.
+    """
+
+    __slots__ = ("_keys", "_max_routes")
+
+    def __init__(self, max_routes: int = DEFAULT_MAX_ROUTES) -> None:
+        self._max_routes = _check_positive_int("max_routes", max_routes)
+        self._keys: set[str] = set()
+
+    @property
+    def max_routes(self) -> int:
+        """How many route keys get their own bucket before new ones go to ``<overflow>``."""
+        return self._max_routes
+
+    def __len__(self) -> int:
+        """How many route keys have their own bucket (at most ``max_routes``)."""
+        return len(self._keys)
+
+    def admit(self, key: str) -> bool:
+        """True when ``key`` has its own bucket, given now if fewer than max_routes exist."""
+        keys = self._keys
+        if key in keys:
+            return True
+        if len(keys) >= self._max_routes:
+            return False
+        keys.add(key)
+        return True
+
+    def labels(self, method: object, template: str | None) -> tuple[str, str]:
+        """``(method, route)`` labels of one request, for stats that keep the two apart.
+
+        ``method`` is ``method_key(method)``; ``route`` is ``template`` (from
+        ``route_template``), ``UNMATCHED_ROUTE`` when it is None, or ``OVERFLOW_ROUTE`` when
+        the request's route key gets no bucket of its own.
+        """
+        method_label = method_key(method)
+        key = _key(method_label, template)
+        if not self.admit(key):
+            return method_label, OVERFLOW_ROUTE
+        return method_label, UNMATCHED_ROUTE if template is None else template
+
+    def clear(self) -> None:
+        """Forget every route key: the next ``max_routes`` new keys get buckets again."""
+        self._keys.clear()
 
 
 class RouteMemoryStats(TypedDict):

@@ -17,7 +17,15 @@ from memsafe._checks import (
     _check_positive_int,
 )
 from memsafe._clock import Clock
-from memsafe._routes import UNMATCHED_ROUTE, RouteTally, method_key, route_key
+from memsafe._routes import (
+    DEFAULT_MAX_ROUTES,
+    OVERFLOW_ROUTE,
+    UNMATCHED_ROUTE,
+    RouteBuckets,
+    RouteTally,
+    method_key,
+    route_key,
+)
 from memsafe._routes import RouteMemoryStats as RouteMemoryStats
 from memsafe.probes import process_rss_bytes
 
@@ -25,11 +33,9 @@ logger = logging.getLogger(__name__)
 
 MIB: Final = 2**20
 DEFAULT_ALERT_DELTA_MB: Final = 50.0
-DEFAULT_MAX_ROUTES: Final = 200
 DEFAULT_MAX_ALERTS: Final = 100
 DEFAULT_ALERT_LOG_INTERVAL_SECONDS: Final = 10.0
 DEFAULT_TOP_ROUTES: Final = 10
-OVERFLOW_ROUTE: Final = "<overflow>"
 RSS_HEADER: Final = b"x-memory-rss-mb"
 DELTA_HEADER: Final = b"x-memory-delta-mb"
 _MAX_ALERT_PATH_CHARS: Final = 200
@@ -82,8 +88,9 @@ class MemoryMonitor:
 
     Every MB here is a MiB (2**20 bytes). A request's delta is the process-wide RSS change from
     request start to response start, so concurrent requests share each other's growth. Routes
-    are keyed by method and route template; once ``max_routes`` keys exist, new ones are counted
-    in one ``<overflow>`` bucket, so neither a path scanner nor odd methods can grow the table.
+    are keyed by method and route template and bucketed by RouteBuckets: once ``max_routes`` keys
+    exist, new ones are counted in one ``<overflow>`` bucket, so neither a path scanner nor odd
+    methods can grow the table.
 
     ``on_response_rss(rss_bytes)``, when set, runs after every request with the RSS read at
     response start: the hook a worker recycler uses to check its cap after each request.
@@ -113,7 +120,7 @@ class MemoryMonitor:
         self.alert_delta_mb = alert_delta_mb
         self.alert_rss_mb = alert_rss_mb
         self.add_headers = add_headers
-        self._max_routes = _check_positive_int("max_routes", max_routes)
+        self._buckets = RouteBuckets(max_routes)
         self._max_alerts = _check_positive_int("max_alerts", max_alerts)
         _check_number(
             "alert_log_interval_seconds",
@@ -135,6 +142,7 @@ class MemoryMonitor:
 
     def _reset_state(self) -> None:
         self._pending.clear()
+        self._buckets.clear()
         self._routes: dict[str, RouteTally] = {}
         self._overflow = RouteTally()
         self._alerts: deque[MemoryAlert] = deque(maxlen=self._max_alerts)
@@ -171,7 +179,7 @@ class MemoryMonitor:
     @property
     def max_routes(self) -> int:
         """How many route keys the table holds before new ones go to ``<overflow>``."""
-        return self._max_routes
+        return self._buckets.max_routes
 
     @property
     def max_alerts(self) -> int:
@@ -243,7 +251,7 @@ class MemoryMonitor:
             key = self._key(route, root_path, method)
             entry = routes.get(key)
             if entry is None:
-                if len(routes) < self._max_routes:
+                if self._buckets.admit(key):
                     entry = routes[key] = RouteTally()
                 else:
                     entry = self._overflow
@@ -324,7 +332,7 @@ class MemoryMonitor:
                 last_rss_bytes=self._last_rss,
                 max_rss_bytes=self._max_rss,
                 routes=len(self._routes),
-                max_routes=self._max_routes,
+                max_routes=self._buckets.max_routes,
                 overflow_requests=self._overflow.requests,
                 top_routes=routes,
                 recent_alerts=[_copy_alert(alert) for alert in reversed(self._alerts)],

@@ -15,7 +15,8 @@ if TYPE_CHECKING:
     from app.cache_redis import RedisTier
     from app.core.commands import CommandBus
     from app.core.history import WorkerHistory
-    from app.core.metrics import RequestMetrics, SharedSnapshots
+    from app.core.request_metrics import RequestMetrics
+    from app.core.shared_snapshots import SharedSnapshots
     from app.services.users import UserDataService
     from app.store import StoreBackend
     from memsafe import CacheManager, InvalidationListener, MemoryCleanupService, MemoryMonitor

@@ -2,7 +2,7 @@
 
 A request reaches one worker; clearing caches or tracing allocations must act on all of them.
 The worker that got the request writes `cmd-<id>.json` into the directory its siblings already
-share for metrics (tmpfs, private to this user, see app.core.metrics.SharedSnapshots); every
+share for metrics (tmpfs, private to this user, see app.core.shared_snapshots); every
 worker polls that directory every POLL_SECONDS, runs the action once and writes
 `reply-<id>-<pid>.json`; the first worker gathers the replies of every live worker (or of the
 one named) and answers with them. Without gunicorn (TestClient, `make dev`) the action runs in
@@ -24,7 +24,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-from app.core.metrics import SharedSnapshots
+from app.core.shared_snapshots import SharedSnapshots
 
 logger = logging.getLogger(__name__)
 

@@ -8,7 +8,7 @@ import logging
 import os
 from typing import TYPE_CHECKING, Any
 
-from app.core.metrics import SharedSnapshots, UnsafeDirectoryError
+from app.core.shared_snapshots import SharedSnapshots, UnsafeDirectoryError
 from memsafe import MemoryHistory
 
 if TYPE_CHECKING:

@@ -36,8 +36,9 @@ class MonitorSettings(_Section):
         default=200,
         ge=1,
         le=100_000,
-        description="Route templates tracked (memory stats, /metrics labels); requests to any "
-        "further route count under one overflow label, so label cardinality stays bounded.",
+        description="Routes tracked, as (method, route template) pairs, for /admin/memory "
+        'and the /metrics labels; requests to any further route count as "<overflow>" (memsafe.'
+        "OVERFLOW_ROUTE), so label cardinality stays bounded.",
     )
     max_alerts: int = Field(
         default=100,

@@ -13,7 +13,7 @@ import pytest
 
 from app.core import commands
 from app.core.commands import BusyError, CommandBus, UnknownWorkerError
-from app.core.metrics import SharedSnapshots
+from app.core.shared_snapshots import SharedSnapshots
 from tests.app.conftest import TestClient
 
 

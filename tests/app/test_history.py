@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from app.core.admin_charts import MAX_POINTS, _downsample, page
-from app.core.metrics import SharedSnapshots
+from app.core.shared_snapshots import SharedSnapshots
 
 MIB = 1024 * 1024
 

@@ -2,12 +2,8 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import os
-import stat
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -16,17 +12,12 @@ from fastapi import FastAPI
 from prometheus_client.parser import text_string_to_metric_families
 
 import app.main as main_module
-from app.core.config import Settings
-from app.core.metrics import (
-    OTHER_ROUTE,
-    UNMATCHED_ROUTE,
-    RequestMetrics,
-    RequestMetricsMiddleware,
-    SharedSnapshots,
-    UnsafeDirectoryError,
-)
+from app.core.config import Settings, load_settings
+from app.core.request_metrics import RequestMetrics, RequestMetricsMiddleware
+from app.core.shared_snapshots import SharedSnapshots
 from app.main import create_app
-from tests.app.conftest import TestClient
+from memsafe import OVERFLOW_ROUTE, UNMATCHED_ROUTE
+from tests.app.conftest import ADMIN_TOKEN, ProfileWriter, TestClient
 
 
 def _samples(client: TestClient) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
@@ -103,8 +94,53 @@ def test_route_labels_are_bounded() -> None:
     metrics = RequestMetrics(max_routes=2)
     for index in range(5):
         metrics.observe("GET", f"/r{index}", 200, 0.001)
-    routes = {row[1] for row in metrics.snapshot()["requests"]}
-    assert routes == {"/r0", "/r1", OTHER_ROUTE}
+    metrics.observe("GET", "/r0", 200, 0.001)  # a route with a label keeps it
+    rows = {(row[1], row[3]) for row in metrics.snapshot()["requests"]}
+    assert rows == {("/r0", 2), ("/r1", 1), (OVERFLOW_ROUTE, 3)}
+
+
+def test_route_labels_are_bounded_per_method_and_template_like_memsafe() -> None:
+    # memsafe's route keys: each (method, template) takes a slot; unmatched is one key.
+    metrics = RequestMetrics(max_routes=3)
+    for method, template in [
+        ("GET", "/r"),
+        ("POST", "/r"),
+        ("GET", None),
+        ("PUT", None),
+        ("PUT", "/r"),
+    ]:
+        metrics.observe(method, template, 200, 0.001)
+    labels = sorted(tuple(row[:2]) for row in metrics.snapshot()["requests"])
+    assert labels == [
+        ("GET", "/r"),
+        ("GET", UNMATCHED_ROUTE),
+        ("POST", "/r"),
+        ("PUT", OVERFLOW_ROUTE),
+        ("PUT", UNMATCHED_ROUTE),
+    ]
+
+
+def test_metrics_and_the_memory_monitor_share_one_overflow_label(
+    write_profile: ProfileWriter, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("ADMIN_TOKEN", ADMIN_TOKEN)
+    settings = load_settings(write_profile({"monitor": {"max_routes": 2}}))
+    with TestClient(create_app(settings)) as c:
+        c.get("/no/such/path")  # key 1: unmatched
+        c.get("/users/1")  # key 2: GET /users/{user_id}
+        c.get("/health")  # over max_routes
+        c.get("/payload", params={"size_kib": 1})  # over max_routes
+        samples = _samples(c)  # GET /metrics: over max_routes too
+        memory = c.get("/admin/memory", headers={"Authorization": f"Bearer {ADMIN_TOKEN}"})
+    requests = {
+        labels["route"]: value
+        for (name, label_items), value in samples.items()
+        if name == "app_http_requests_total" and (labels := dict(label_items))
+    }
+    # /metrics counted itself only after this scrape; the monitor has counted it since.
+    assert requests == {UNMATCHED_ROUTE: 1, "/users/{user_id}": 1, OVERFLOW_ROUTE: 2}
+    monitor_routes = {r["route"]: r["requests"] for r in memory.json()["monitor"]["top_routes"]}
+    assert monitor_routes == {UNMATCHED_ROUTE: 1, "GET /users/{user_id}": 1, OVERFLOW_ROUTE: 3}
 
 
 def test_max_routes_must_be_positive() -> None:
@@ -114,43 +150,6 @@ def test_max_routes_must_be_positive() -> None:
 
 def _snap(pid: int, count: int = 1) -> dict[str, object]:
     return {"pid": pid, "requests": [["GET", "/x", "200", count]], "latency": [], "rss_bytes": 1}
-
-
-def test_shared_snapshots_report_other_live_workers(tmp_path: Path) -> None:
-    shared = SharedSnapshots(tmp_path / "m", max_age_seconds=60)
-    shared.publish(_snap(os.getpid()))
-    shared.publish(_snap(os.getppid(), 5))  # a live process standing in for a sibling
-    others = shared.others(os.getpid())
-    assert [snap["pid"] for snap in others] == [os.getppid()]
-
-
-def test_shared_snapshots_of_dead_or_stale_workers_are_removed(tmp_path: Path) -> None:
-    shared = SharedSnapshots(tmp_path, max_age_seconds=60)
-    dead = subprocess.Popen([sys.executable, "-c", "pass"])
-    dead.wait()
-    shared.publish(_snap(dead.pid))
-    shared.publish(_snap(os.getppid()))
-    stale = tmp_path / f"worker-{os.getppid()}.json"
-    old = time.time() - 120
-    os.utime(stale, (old, old))
-    assert shared.others(os.getpid()) == []
-    assert list(tmp_path.iterdir()) == []
-
-
-def test_shared_snapshots_skip_garbage(tmp_path: Path) -> None:
-    shared = SharedSnapshots(tmp_path, max_age_seconds=60)
-    (tmp_path / "worker-abc.json").write_text("{}")
-    (tmp_path / f"worker-{os.getppid()}.json").write_text("{half")
-    assert shared.others(os.getpid()) == []
-    assert SharedSnapshots(tmp_path / "missing", max_age_seconds=1).others(1) == []
-
-
-def test_shared_snapshot_remove_and_directory_cleanup(tmp_path: Path) -> None:
-    shared = SharedSnapshots(tmp_path / "m", max_age_seconds=60)
-    shared.publish(_snap(123))
-    shared.remove(123)
-    shared.remove(123)
-    assert list((tmp_path / "m").iterdir()) == []
 
 
 def test_workers_under_gunicorn_publish_and_report_siblings(
@@ -197,45 +196,6 @@ def test_unknown_method_is_recorded_as_other() -> None:
     assert {row[0] for row in metrics.snapshot()["requests"]} == {"OTHER", "GET"}
 
 
-def test_shared_directory_is_created_private(tmp_path: Path) -> None:
-    shared = SharedSnapshots(tmp_path / "m", max_age_seconds=60)
-    shared.ensure_directory()
-    assert stat.S_IMODE((tmp_path / "m").stat().st_mode) == 0o700
-
-
-def test_symlinked_shared_directory_is_refused(tmp_path: Path) -> None:
-    target = tmp_path / "victim"
-    target.mkdir(mode=0o700)
-    (tmp_path / "m").symlink_to(target)
-    shared = SharedSnapshots(tmp_path / "m", max_age_seconds=60)
-    with pytest.raises(UnsafeDirectoryError, match="symlink"):
-        shared.ensure_directory()
-    with pytest.raises(UnsafeDirectoryError, match="symlink"):
-        shared.publish(_snap(os.getpid()))
-    (target / f"worker-{os.getppid()}.json").write_text(json.dumps(_snap(os.getppid())))
-    assert shared.others(os.getpid()) == []  # never reads through the link
-    assert [path.name for path in target.iterdir()] == [f"worker-{os.getppid()}.json"]
-
-
-def test_shared_directory_of_another_user_is_refused(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    (tmp_path / "m").mkdir(mode=0o700)
-    real_uid = os.getuid()
-    monkeypatch.setattr(os, "getuid", lambda: real_uid + 1)
-    shared = SharedSnapshots(tmp_path / "m", max_age_seconds=60)
-    with pytest.raises(UnsafeDirectoryError, match="owned by uid"):
-        shared.publish(_snap(os.getpid()))
-
-
-def test_writable_by_others_shared_directory_is_refused(tmp_path: Path) -> None:
-    (tmp_path / "m").mkdir()
-    (tmp_path / "m").chmod(0o777)
-    shared = SharedSnapshots(tmp_path / "m", max_age_seconds=60)
-    with pytest.raises(UnsafeDirectoryError, match="writable"):
-        shared.publish(_snap(os.getpid()))
-
-
 def test_worker_with_unsafe_shared_directory_serves_own_metrics(
     settings: Settings,
     tmp_path: Path,
@@ -272,4 +232,4 @@ def test_a_mounted_app_is_labelled_by_its_full_template() -> None:
         assert client.get("/v1/items/3").status_code == 200
         assert client.get("/nowhere").status_code == 404
     routes = {row[1] for row in metrics.snapshot()["requests"]}
-    assert routes == {"/v1/items/{item_id}", "<unmatched>"}
+    assert routes == {"/v1/items/{item_id}", UNMATCHED_ROUTE}

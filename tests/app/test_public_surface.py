@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from app.core.config import SettingsError, load_settings
-from app.core.metrics import UNMATCHED_ROUTE
+from memsafe import UNMATCHED_ROUTE
 from tests.app.conftest import ADMIN_TOKEN, ClientFactory, ProfileWriter, TestClient
 
 RENDER_LIKE = {

@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 
 from memsafe._policy import POLICIES
+from memsafe._routes import RouteBuckets
 from memsafe.bounded import BoundedDict, BoundedList, MetricsCollector
 from memsafe.cache import LRUCache
 from memsafe.decorators import cached
@@ -166,6 +167,7 @@ FACTORY_CHECKS: dict[str, tuple[Callable[[Any], object], object, object]] = {
     "CacheManager.create_cache.name": (lambda v: CacheManager().create_cache(v), 3, ""),
     "cached.ttl_seconds": (lambda v: cached(LRUCache(1), ttl_seconds=v), "1", 0),
     "MemoryMonitor.max_routes": (lambda v: MemoryMonitor(max_routes=v), "3", 0),
+    "RouteBuckets.max_routes": (lambda v: RouteBuckets(max_routes=v), "3", 0),
     "MemoryMonitor.alert_delta_mb": (lambda v: MemoryMonitor(alert_delta_mb=v), "1", -1.0),
 }
 

@@ -11,10 +11,8 @@ import pytest
 from fastapi import FastAPI, WebSocket
 from fastapi.testclient import TestClient
 
-from memsafe import middleware
-from memsafe._routes import UNMATCHED_ROUTE
+from memsafe import OVERFLOW_ROUTE, UNMATCHED_ROUTE, middleware
 from memsafe.middleware import (
-    OVERFLOW_ROUTE,
     MemoryMonitor,
     MemoryMonitorMiddleware,
     Message,
