@@ -1,4 +1,4 @@
-# Render-ready image: slim, non-root, dependencies from the lock, exec-form gunicorn start.
+# Render-ready image: slim, non-root, dependencies from the lock, exec-form start (settings check, then gunicorn).
 # Ref: https://docs.docker.com/build/building/multi-stage/
 # Ref: https://render.com/docs/docker
 
@@ -40,7 +40,8 @@ EXPOSE 10000
 # Ref: https://docs.docker.com/reference/dockerfile/#healthcheck
 HEALTHCHECK --interval=30s --timeout=5s --start-period=30s --retries=3 \
     CMD ["python", "-c", "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:' + os.environ.get('PORT', '10000') + '/health', timeout=4)"]
-# Exec form: gunicorn is PID 1 and gets SIGTERM directly; it reads $PORT itself in
-# config/gunicorn.conf.py, so no shell is needed.
+# Exec form, no shell: app.server.serve checks the settings (a bad WEB_CONCURRENCY is one clear
+# line, not gunicorn's traceback), then execs gunicorn, which keeps PID 1 and gets SIGTERM
+# directly. gunicorn reads $PORT itself in config/gunicorn.conf.py.
 # Ref: https://docs.docker.com/reference/dockerfile/#cmd
-CMD ["gunicorn", "--config", "config/gunicorn.conf.py", "app.main:app"]
+CMD ["python", "-m", "app.server.serve"]

@@ -35,10 +35,10 @@ $(STAMP): requirements/dev.lock memsafe/pyproject.toml
 
 install: $(STAMP) ## Create .venv, install the locked dependencies and memsafe (editable)
 
-# app.core.check first: gunicorn reads $$WEB_CONCURRENCY before its config, as a traceback.
+# The image's start command: checks the settings (gunicorn reads $$WEB_CONCURRENCY before its
+# config, as a traceback), then execs gunicorn with config/gunicorn.conf.py.
 run: $(STAMP) ## Serve the app through gunicorn on http://127.0.0.1:8000 (PROFILE=local PORT=8000)
-	@APP_CONFIG=config/$(PROFILE).yaml $(BIN)/python -m app.core.check
-	APP_CONFIG=config/$(PROFILE).yaml HOST=$(HOST) PORT=$(PORT) $(BIN)/gunicorn -c config/gunicorn.conf.py app.main:app
+	APP_CONFIG=config/$(PROFILE).yaml HOST=$(HOST) PORT=$(PORT) $(BIN)/python -m app.server.serve
 
 dev: $(STAMP) ## uvicorn with reload on edits in app/, memsafe/, config/*.yaml (development only)
 	APP_CONFIG=config/$(PROFILE).yaml $(BIN)/python -m app.core.dev --host $(HOST) --port $(PORT)

@@ -1,8 +1,8 @@
-"""`python -m app.core.check`: validate the settings before gunicorn starts, in one line.
+"""`python -m app.core.check`: validate the settings in one line (app.server.serve runs it first).
 
 gunicorn evaluates int($WEB_CONCURRENCY) when it is imported, before it reads
 config/gunicorn.conf.py, so a bad value there is a traceback unless something checks first.
-`make run` runs this check; it prints nothing when the settings are valid.
+It prints nothing when the settings are valid.
 """
 
 from __future__ import annotations

@@ -11,6 +11,7 @@ import urllib.request
 
 import pytest
 
+from app.server import serve
 from loadtests.server import free_port
 from tests.deploy.dockerfile import Stage, parse
 
@@ -60,12 +61,47 @@ def test_memory_and_logging_env(runtime: Stage) -> None:
     assert (ROOT / env["APP_CONFIG"]).is_file()
 
 
-def test_start_is_exec_form_gunicorn_with_the_shared_config(runtime: Stage) -> None:
+def test_start_is_exec_form_settings_check_then_gunicorn(runtime: Stage) -> None:
     cmd = runtime.exec_form("CMD")
     assert cmd is not None, "CMD must be the exec (JSON array) form"
-    assert cmd[0] == "gunicorn"
-    assert "config/gunicorn.conf.py" in cmd
-    assert not any("$PORT" in part for part in cmd), "PORT is read in gunicorn.conf.py"
+    assert cmd == ["python", "-m", "app.server.serve"]
+    assert serve.gunicorn_argv()[1:] == [
+        "-m",
+        "gunicorn",
+        "--config",
+        "config/gunicorn.conf.py",
+        "app.main:app",
+    ]
+
+
+def _image_env(runtime: Stage, **extra: str) -> dict[str, str]:
+    return {
+        **os.environ,
+        **{k: v for k, v in runtime.env().items() if k != "PATH"},
+        "PATH": f"{VENV_BIN}{os.pathsep}{os.environ.get('PATH', '')}",
+        **extra,
+    }
+
+
+def test_the_image_start_command_names_a_bad_web_concurrency(runtime: Stage) -> None:
+    """Render's WEB_CONCURRENCY with a typo: one line naming it, not gunicorn's traceback."""
+    cmd = runtime.exec_form("CMD")
+    assert cmd is not None
+    done = subprocess.run(
+        cmd,
+        cwd=ROOT,
+        env=_image_env(runtime, WEB_CONCURRENCY="abc"),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 2
+    assert "Traceback" not in done.stderr + done.stdout
+    assert done.stderr.strip() == (
+        "invalid configuration: invalid settings in env WEB_CONCURRENCY: 'abc' is not a worker "
+        "count; allowed: an integer 1-32, or unset (server.workers from the profile)"
+    )
 
 
 def test_health_check_probes_health_in_exec_form(runtime: Stage) -> None:
@@ -86,13 +122,7 @@ def test_the_image_start_command_serves_health(runtime: Stage, tmp_path: pathlib
     cmd = runtime.exec_form("CMD")
     assert cmd is not None
     port = free_port()
-    env = {
-        **os.environ,
-        **{k: v for k, v in runtime.env().items() if k != "PATH"},
-        "PORT": str(port),
-        "PATH": f"{VENV_BIN}{os.pathsep}{os.environ.get('PATH', '')}",
-        "APP_STORE__PATH": str(tmp_path / "app.sqlite3"),
-    }
+    env = _image_env(runtime, PORT=str(port), APP_STORE__PATH=str(tmp_path / "app.sqlite3"))
     log = (tmp_path / "server.log").open("wb")
     proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
     try:
@@ -115,4 +145,6 @@ def test_the_image_start_command_serves_health(runtime: Stage, tmp_path: pathlib
             proc.wait()
         log.close()
     assert proc.returncode == 0, (tmp_path / "server.log").read_text()
-    assert f"Listening at: http://0.0.0.0:{port}" in (tmp_path / "server.log").read_text()
+    text = (tmp_path / "server.log").read_text()
+    # exec, not a child: gunicorn's master is the process the image starts (PID 1 there)
+    assert f"Listening at: http://0.0.0.0:{port} ({proc.pid})" in text
