@@ -73,7 +73,7 @@ class MemorySettings(_Section):
         ge=32,
         le=65_536,
         description="Worker RSS (MiB) at which the cleaner also shrinks every cache by "
-        "shrink_fraction (null: no hard level).",
+        "shrink_fraction (null: no hard level). Must be below recycle_limit_mb.",
     )
     recycle_limit_mb: int | None = Field(
         default=None,

@@ -66,7 +66,7 @@ class ServerSettings(_Section):
         ge=32,
         le=65_536,
         description="RSS (MiB) above which a worker finishes its in-flight requests and is "
-        "replaced (null: never).",
+        "replaced (null: never). Must be above every memory.*_limit_mb that is set.",
     )
     rss_check_interval_seconds: float = Field(
         default=1.0,
