@@ -39,8 +39,8 @@ class AdminSettings(_AccessSection):
         default=None,
         description=(
             "Bearer token for /admin/*, /health details and writes (POST/PATCH/DELETE /users); "
-            "env ADMIN_TOKEN only, never a file. At least "
-            f"{MIN_TOKEN_CHARS} characters; surrounding whitespace is stripped."
+            "env ADMIN_TOKEN only, never a file. Unset: the /admin/* routes are not mounted "
+            f"(404). At least {MIN_TOKEN_CHARS} characters; surrounding whitespace is stripped."
         ),
     )
 
@@ -53,8 +53,8 @@ class HealthSettings(_AccessSection):
     details: bool = Field(
         default=False,
         description=(
-            "Show worker internals (pid, RSS, container memory, cleanup level, caches) on "
-            "/health to every caller. Off: only status, version and checks, unless the "
+            "Show worker internals (uptime, pid, RSS, container memory, cleanup level, cache "
+            "tiers, caches) on /health to every caller. Off: only status, version and checks, unless the "
             "request carries the admin token."
         ),
     )
