@@ -15,9 +15,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import signal
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -31,10 +29,8 @@ from app.api.routes.users import User
 from app.core.config import get_settings
 from app.main import create_app, lazy_app_getattr
 from app.store import UserStore, ensure_seeded
-from loadtests.server import free_port
+from loadtests.launcher import GunicornServer, ServerStartError, free_port, isolated_env
 
-ROOT = Path(__file__).resolve().parent.parent
-GUNICORN = Path(sys.executable).parent / "gunicorn"
 MIB = 1024 * 1024
 HOT_IDS = 200  # ids the users run cycles through, all cached after warm-up
 
@@ -58,29 +54,11 @@ def _build_app() -> Any:
 __getattr__ = lazy_app_getattr(__name__, _build_app)
 
 
-@dataclass
-class Server:
-    process: subprocess.Popen[bytes]
-    port: int
-    log_path: Path
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(30)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-
-
-def start_server(data_dir: Path, env_overrides: dict[str, str], workers: int) -> Server:
-    port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("APP_")}
-    env.update(
+def start_server(data_dir: Path, env_overrides: dict[str, str], workers: int) -> GunicornServer:
+    """gunicorn serving this module's app with `workers` workers, each done with its start-up."""
+    env = isolated_env(
         {
             "APP_CONFIG": "config/local.yaml",
-            "PORT": str(port),
             "APP_SERVER__WORKERS": str(workers),
             "APP_STORE__PATH": str(data_dir / "app.sqlite3"),
             "APP_LOGGING__ACCESS_LOG": "false",
@@ -89,37 +67,30 @@ def start_server(data_dir: Path, env_overrides: dict[str, str], workers: int) ->
             **env_overrides,
         }
     )
-    log_path = data_dir / f"gunicorn-{port}.log"
-    with log_path.open("wb") as log:
-        process = subprocess.Popen(
-            [str(GUNICORN), "-c", "config/gunicorn.conf.py", "benchmarks.bench_http:app"],
-            cwd=ROOT,
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-    server = Server(process, port, log_path)
-    _wait_ready(server, workers)
+    port = free_port()
+    server = GunicornServer(
+        "benchmarks.bench_http:app",
+        env=env,
+        port=port,
+        log_path=data_dir / f"gunicorn-{port}.log",
+        ready_timeout_seconds=30.0,
+    )
+    server.start()
+    try:
+        server.wait_ready()
+        # The WARNING log level hides the workers' ready lines: count the forked workers, then
+        # give every one a second to finish its lifespan start-up.
+        deadline = time.monotonic() + 30
+        while len(psutil.Process(server.pid).children()) < workers:
+            if time.monotonic() > deadline:
+                msg = f"gunicorn forked fewer than {workers} workers in 30 s"
+                raise ServerStartError(msg)
+            time.sleep(0.1)
+        time.sleep(1.0)
+    except BaseException:
+        server.stop()
+        raise
     return server
-
-
-def _wait_ready(server: Server, workers: int) -> None:
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        if server.process.poll() is not None:
-            raise SystemExit(f"gunicorn exited:\n{server.log_path.read_text()}")
-        children = psutil.Process(server.process.pid).children()
-        if len(children) >= workers:
-            try:
-                status, _ = asyncio.run(_one_request(server.port, "/health"))
-                if status == 200:
-                    # every worker must have finished its lifespan start-up
-                    time.sleep(1.0)
-                    return
-            except OSError:
-                pass
-        time.sleep(0.1)
-    raise SystemExit(f"gunicorn not ready:\n{server.log_path.read_text()}")
 
 
 async def _read_response(reader: asyncio.StreamReader) -> tuple[int, bytes]:

@@ -20,8 +20,6 @@ import http.client
 import json
 import os
 import re
-import signal
-import subprocess
 import sys
 import tempfile
 import threading
@@ -31,7 +29,7 @@ from pathlib import Path
 
 import yaml
 
-from loadtests.server import free_port
+from loadtests.launcher import GunicornServer
 
 ROOT = Path(__file__).resolve().parents[1]
 READY_TIMEOUT_SECONDS = 30.0
@@ -177,26 +175,8 @@ class Case:
         return split_by_recycle(self.traffic, self.recycle_times, self.window_seconds)
 
 
-def _wait_ready(process: subprocess.Popen[bytes], port: int, log: Path) -> None:
-    deadline = time.monotonic() + READY_TIMEOUT_SECONDS
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            msg = f"gunicorn exited early:\n{log.read_text(errors='replace')[-3000:]}"
-            raise RuntimeError(msg)
-        with contextlib.suppress(OSError, http.client.HTTPException):
-            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
-            conn.request("GET", "/health")
-            if conn.getresponse().status == 200:
-                conn.close()
-                return
-        time.sleep(0.1)
-    msg = f"gunicorn not ready in {READY_TIMEOUT_SECONDS}s"
-    raise RuntimeError(msg)
-
-
 def run_case(args: argparse.Namespace, worker_class: str, workers: int, overlap: bool) -> Case:
     """Serve the leaky template with these settings and drive it; count recycles in its log."""
-    port = free_port()
     with tempfile.TemporaryDirectory(prefix="bench-recycle-") as tmp:
         log_path = Path(tmp) / "gunicorn.log"
         # The cleaner's MiB limits must sit below the lowered cap: unset them, as the e2e
@@ -209,7 +189,6 @@ def run_case(args: argparse.Namespace, worker_class: str, workers: int, overlap:
         env = {
             **os.environ,
             "APP_CONFIG": str(profile_path),
-            "PORT": str(port),
             "WEB_CONCURRENCY": str(workers),
             "APP_SERVER__WORKER_CLASS": worker_class,
             "APP_SERVER__MAX_WORKER_RSS_MB": str(args.max_worker_rss_mb),
@@ -218,32 +197,20 @@ def run_case(args: argparse.Namespace, worker_class: str, workers: int, overlap:
             "APP_LOGGING__ACCESS_LOG": "false",
             "LEAKY_APP_KIB_PER_REQUEST": str(args.leak_kib),
         }
-        command = [
-            str(Path(sys.executable).parent / "gunicorn"),
-            "-c",
-            str(ROOT / "config" / "gunicorn.conf.py"),
+        server = GunicornServer(
             "loadtests.leaky_app:app",
-        ]
-        with log_path.open("wb") as log:
-            process = subprocess.Popen(
-                command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT
-            )
-        try:
-            _wait_ready(process, port, log_path)
+            env=env,
+            log_path=log_path,
+            ready_timeout_seconds=READY_TIMEOUT_SECONDS,
+        )
+        with server:
             traffic = drive(
-                port,
+                server.port,
                 path=args.path,
                 connections=args.connections,
                 rate=args.rate,
                 duration_seconds=args.duration,
             )
-        finally:
-            process.send_signal(signal.SIGTERM)
-            try:
-                process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
         text = log_path.read_text(errors="replace")
     return Case(worker_class, workers, overlap, traffic, recycle_times(text), args.window)
 

@@ -20,11 +20,8 @@ import argparse
 import asyncio
 import contextlib
 import json
-import os
 import resource
 import statistics
-import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -34,10 +31,8 @@ from pathlib import Path
 
 import psutil
 
-from loadtests.server import HOST, Server, free_port, http_get, stop_process, wait_ready
+from loadtests.launcher import HOST, GunicornServer, free_port, http_get, isolated_env
 
-ROOT = Path(__file__).resolve().parent.parent
-GUNICORN = Path(sys.executable).parent / "gunicorn"
 MIB = 1024 * 1024
 CONNECT_TIMEOUT_SECONDS = 5.0
 CONNECTS_IN_FLIGHT = 100  # concurrent connect() calls of the attacker
@@ -189,18 +184,20 @@ class Sampler:
 def _nofile_preexec(nofile: int) -> Callable[[], None]:
     def preexec() -> None:
         resource.setrlimit(resource.RLIMIT_NOFILE, (nofile, nofile))
-        os.setsid()  # own process group, so stop_process can signal the whole server
 
     return preexec
 
 
-def start(data_dir: Path, port: int, nofile: int, worker_class: str, env: dict[str, str]) -> Server:
-    """gunicorn with one worker, RLIMIT_NOFILE = nofile (soft and hard), bound to 127.0.0.1."""
-    server_env = {k: v for k, v in os.environ.items() if not k.startswith("APP_")}
-    server_env.update(
+def start(
+    data_dir: Path, port: int, nofile: int, worker_class: str, env: dict[str, str]
+) -> GunicornServer:
+    """gunicorn with one worker, RLIMIT_NOFILE = nofile (soft and hard), bound to 127.0.0.1.
+
+    Started, not yet ready; it leads its own process group, so stop() ends the whole server.
+    """
+    server_env = isolated_env(
         {
             "APP_CONFIG": "config/local.yaml",
-            "PORT": str(port),
             "APP_SERVER__WORKERS": "1",
             "APP_SERVER__WORKER_CLASS": worker_class,
             "APP_STORE__PATH": str(data_dir / "app.sqlite3"),
@@ -210,21 +207,17 @@ def start(data_dir: Path, port: int, nofile: int, worker_class: str, env: dict[s
             **env,
         }
     )
-    log_path = data_dir / f"gunicorn-{port}.log"
-    command = [str(GUNICORN), "-c", "config/gunicorn.conf.py", "--bind", f"{HOST}:{port}"]
-    with log_path.open("wb") as log:
-        process = subprocess.Popen(
-            [*command, "app.main:app"],
-            cwd=ROOT,
-            env=server_env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            preexec_fn=_nofile_preexec(nofile),
-        )
-    return Server(process, port, log_path)
+    server = GunicornServer(
+        env=server_env,
+        port=port,
+        log_path=data_dir / f"gunicorn-{port}.log",
+        is_group=True,
+        preexec_fn=_nofile_preexec(nofile),
+    )
+    return server.start()
 
 
-def _worker(server: Server) -> psutil.Process:
+def _worker(server: GunicornServer) -> psutil.Process:
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         children = psutil.Process(server.process.pid).children()
@@ -293,13 +286,13 @@ def run(args: argparse.Namespace) -> Result:
         env = dict(item.split("=", 1) for item in args.server_env)
         server = start(Path(tmp), port, args.nofile, args.worker_class, env)
         try:
-            wait_ready(server)
+            server.wait_ready()
             worker = _worker(server)
             for _ in range(20):
                 http_get(port, "/health")
             time.sleep(args.warm_seconds)
             baseline = statistics.median(worker.memory_info().rss / MIB for _ in range(5))
-            log_start = server.log_path.stat().st_size
+            log_start = len(server.log_bytes())
 
             probes = ProbeStats()
             stop = threading.Event()
@@ -313,9 +306,9 @@ def run(args: argparse.Namespace) -> Result:
                 stop.set()
                 prober.join()
             rss_after, settle = _settle_rss(worker, baseline, args.settle)
-            log_text = server.log_path.read_bytes()[log_start:]
+            log_text = server.log_bytes()[log_start:]
         finally:
-            stop_process(server.process)
+            server.stop()
 
     held = sum(1 for t in stats.lifetimes if t > args.head_deadline + tolerance)
     held += sum(1 for t in stats.open_at_end_ages if t > args.head_deadline + tolerance)

@@ -25,7 +25,7 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 
-from loadtests.server import REPO_ROOT
+from loadtests.launcher import REPO_ROOT
 
 LEAKY_APP = "loadtests.leaky_app:app"
 # The fast leak must be seen by the guard, not bounded first by the safety nets (as in

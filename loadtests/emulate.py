@@ -16,7 +16,6 @@ import contextlib
 import os
 import shutil
 import signal
-import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -24,9 +23,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from loadtests.cgroups import CgroupFiles, cgroup_of
+from loadtests.launcher import GunicornServer, ServerStartError, exit_on_sigterm
 from loadtests.thresholds import DEFAULT_THRESHOLDS_PATH, Plan, read_config, resolve_plan
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
 CGROUP_ROOT = Path("/sys/fs/cgroup")
 PROC_SELF_CGROUP = Path("/proc/self/cgroup")
 SYSTEMD_MARKER = Path("/run/systemd/system")  # Ref: man sd_booted(3)
@@ -276,13 +275,6 @@ def emulate(plan: Plan | None, *, log: Callable[[str], None] = print) -> Iterato
                 log(f"emulation cleanup: {problem}")
 
 
-def _install_sigterm() -> None:
-    def _raise(signum: int, frame: object) -> None:
-        raise SystemExit(128 + signum)
-
-    signal.signal(signal.SIGTERM, _raise)
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     """Serve the app inside a plan's cgroup until Ctrl-C, then remove the cgroup."""
     parser = argparse.ArgumentParser(prog="python -m loadtests.emulate", description=__doc__)
@@ -292,28 +284,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--config", type=Path, default=DEFAULT_THRESHOLDS_PATH)
     args = parser.parse_args(argv)
     plan = resolve_plan(read_config(args.config), args.plan, source=str(args.config))
-    _install_sigterm()
-    env = {**os.environ, "APP_CONFIG": f"config/{args.profile}.yaml", "PORT": str(args.port)}
-    command = [f"{sys.prefix}/bin/gunicorn", "-c", "config/gunicorn.conf.py", "app.main:app"]
+    exit_on_sigterm()  # SIGTERM unwinds the `with` blocks: the server stops, the cgroup goes
+    env = {**os.environ, "APP_CONFIG": f"config/{args.profile}.yaml"}
     with emulate(plan) as emulation:
-        server = subprocess.Popen(
-            [*emulation.command_prefix, *command],
-            cwd=REPO_ROOT,
+        server = GunicornServer(
             env=env,
+            port=args.port,
+            host=os.environ.get("HOST") or "0.0.0.0",  # config/gunicorn.conf.py's default
+            command_prefix=emulation.command_prefix,
             preexec_fn=emulation.preexec,
         )
         try:
-            return server.wait()
+            with server:
+                print(f"emulate: serving {server.url}; Ctrl-C stops it", flush=True)
+                return server.process.wait()
+        except ServerStartError as exc:
+            print(f"emulate: {exc}", file=sys.stderr, flush=True)
+            return 1
         except KeyboardInterrupt:
             return 130
-        finally:
-            if server.poll() is None:
-                server.terminate()
-                try:
-                    server.wait(timeout=30)
-                except subprocess.TimeoutExpired:
-                    server.kill()
-                    server.wait()
 
 
 if __name__ == "__main__":

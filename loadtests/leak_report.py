@@ -18,8 +18,8 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from loadtests.emulate import Emulation
-from loadtests.server import HOST, free_port, http_get, start_server, stop_process, wait_ready
+from loadtests.launcher import HOST, GunicornServer, free_port, http_get
+from loadtests.server import server_env
 
 MIB = 1024 * 1024
 LOAD_THREADS = 4
@@ -133,18 +133,17 @@ def main(argv: list[str] | None = None) -> int:
         "APP_MONITOR__METRICS_SHARE_SECONDS=1",
     ]
     print(f"serving {args.app} ({args.workers} workers) on {HOST}:{port}; log {out_dir}/server.log")
-    server = start_server(
-        Emulation(plan=None, description="none"),
-        profile=args.profile,
-        app=args.app,
+    server = GunicornServer(
+        args.app,
+        env=server_env(args.profile, extra),
         port=port,
-        out_dir=out_dir,
-        extra_env=extra,
-    )
+        log_path=out_dir / "server.log",
+        is_group=True,
+    ).start()
     stop = threading.Event()
     tally = _Tally()
     try:
-        wait_ready(server)
+        server.wait_ready()
         _wait_for_workers(port, token, args.workers)
         threads = [
             threading.Thread(target=_load, args=(port, stop, tally), daemon=True)
@@ -172,7 +171,7 @@ def main(argv: list[str] | None = None) -> int:
         )
     finally:
         stop.set()
-        stop_process(server.process)
+        server.stop()
     return 0
 
 

@@ -14,10 +14,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from loadtests.guard import TreeSampler
-from loadtests.server import HOST, REPO_ROOT, stop_process
+from loadtests.launcher import HOST, REPO_ROOT, stop_process
+from loadtests.scenario_hits import HEALTH_NAME
 from loadtests.thresholds import LoadSettings
 
-HEALTH_NAME = "health poller"  # the poller's request name in loadtests/locustfile.py
 CACHE_TALLY_FILE = "cache_by_scenario.json"  # written by the locustfile when Locust quits
 PROGRESS_SECONDS = 5.0  # one progress line this often during the load
 

@@ -33,7 +33,11 @@ _ROOT = str(Path(__file__).resolve().parent.parent)
 if _ROOT not in sys.path:
     sys.path.insert(0, _ROOT)
 
-from loadtests.scenario_hits import CACHE_HEADER, CacheTally  # noqa: E402  (sys.path above)
+from loadtests.scenario_hits import (  # noqa: E402  (needs sys.path above)
+    CACHE_HEADER,
+    HEALTH_NAME,
+    CacheTally,
+)
 from loadtests.shape import ColdScan, ZipfIds, users_at  # noqa: E402  (needs sys.path above)
 
 logger = logging.getLogger(__name__)
@@ -44,7 +48,6 @@ MAX_HEALTH_MS = float(os.environ.get("LOADTEST_MAX_HEALTH_MS", "1000"))
 HEALTH_INTERVAL_SECONDS = float(os.environ.get("LOADTEST_HEALTH_INTERVAL_SECONDS", "5"))
 CACHE_TALLY_PATH = os.environ.get("LOADTEST_CACHE_TALLY_PATH")  # where hits per scenario go
 OVERSIZE_SHARE = 0.05  # share of /payload requests sent over the bound, expecting 422
-HEALTH_NAME = "health poller"
 DEFAULT_RUN_TIME_SECONDS = 120.0
 DEFAULT_PEAK_USERS = 50
 DEFAULT_SPAWN_RATE = 10.0

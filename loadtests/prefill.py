@@ -19,21 +19,19 @@ import threading
 import time
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
-import yaml
-
-from loadtests.server import HOST, REPO_ROOT
+from app.core.config import Settings
+from loadtests.launcher import HOST, REPO_ROOT
 
 CACHE_NAME = "users"  # the cache /health reports under caches.caches.<name>
 DEFAULT_CONCURRENCY = 8  # keep-alive connections: enough to keep 2 workers busy, few enough
 DEFAULT_MAX_PASSES = 3
 DEFAULT_MAX_SECONDS = 90.0
-DEFAULT_USER_IDS = 10_000  # the locustfile's LOADTEST_USER_IDS default
 CHECK_EVERY_REQUESTS = 100  # a connection re-reads its worker's fill after this many requests
 MAX_RECONNECTS = 50  # per connection: gives up when new connections keep reaching full workers
 REQUEST_TIMEOUT_SECONDS = 10.0
+DEFAULT_USER_IDS = 10_000  # the locustfile's LOADTEST_USER_IDS default
 
 
 @dataclass(frozen=True)
@@ -314,18 +312,12 @@ def run_prefill(
     return tracker.result()
 
 
-def store_user_ids(env: Mapping[str, str], profile: str) -> int:
-    """Users in the server's SQLite store (ids 1..N), else the profile's seed_users, else 10,000.
+def store_user_ids(settings: Settings) -> int:
+    """Users in the server's SQLite store (ids 1..N), else its store.seed_users, else 10,000.
 
-    The store path is APP_STORE__PATH, else the profile's store.path (relative to the repo).
+    A relative store.path is relative to the repository, where the server runs.
     """
-    try:
-        data = yaml.safe_load((REPO_ROOT / "config" / f"{profile}.yaml").read_text()) or {}
-        store = data.get("store") or {}
-    except (OSError, ValueError, AttributeError):
-        store = {}
-    path = Path(env.get("APP_STORE__PATH") or store.get("path") or "data/app.sqlite3")
-    path = path if path.is_absolute() else REPO_ROOT / path
+    path = REPO_ROOT / settings.store.path  # an absolute store.path stays as it is
     try:
         conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
         try:
@@ -336,5 +328,4 @@ def store_user_ids(env: Mapping[str, str], profile: str) -> int:
             return int(row[0])
     except sqlite3.Error:
         pass
-    seed = env.get("APP_STORE__SEED_USERS") or store.get("seed_users")
-    return int(seed) if seed else DEFAULT_USER_IDS
+    return settings.store.seed_users or DEFAULT_USER_IDS

@@ -24,8 +24,10 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
+from app.core.config import Settings, SettingsError
 from loadtests.emulate import Emulation, emulate
 from loadtests.guard import MemorySample, TreeSampler
+from loadtests.launcher import REPO_ROOT, exit_on_sigterm, free_port, stop_process
 from loadtests.locust_io import (
     CACHE_TALLY_FILE,
     read_live_counts,
@@ -37,17 +39,12 @@ from loadtests.prefill import PrefillResult, run_prefill, store_user_ids
 from loadtests.report import build_summary, relative_history, write_memory_csv
 from loadtests.scenario_hits import read_tally, scenario_rates
 from loadtests.server import (
-    REPO_ROOT,
     CacheReport,
     CacheWatcher,
     cache_report,
-    free_port,
-    payload_bound_kib,
     server_env,
+    server_settings,
     start_server,
-    stop_process,
-    users_cache_policy,
-    wait_ready,
 )
 from loadtests.stats import theil_sen
 from loadtests.thresholds import (
@@ -70,6 +67,7 @@ from loadtests.verdict import (
     requests_at,
 )
 
+EXIT_BAD_ARGUMENTS = 2  # as argparse exits on a bad flag
 LOCUST_GRACE_SECONDS = 60.0  # beyond --run-time before the runner stops Locust itself
 DEFAULT_APP = "app.main:app"
 CLI_THRESHOLDS = (
@@ -114,6 +112,7 @@ def build_parser() -> argparse.ArgumentParser:
 class Outcome:
     """What one run produced, before it is judged."""
 
+    server: Settings  # what the server read: its profile, APP_* env and --server-env
     sampler: TreeSampler | None = None
     locust_code: int | None = None
     caches: CacheReport = field(default_factory=CacheReport)
@@ -123,13 +122,6 @@ class Outcome:
     plan: Plan | None = None
     prefill: PrefillResult | None = None
     load_start_seconds: float | None = None  # Locust's start on the sampler's clock
-
-
-def _raise_on_sigterm() -> None:
-    def _handler(signum: int, frame: object) -> None:
-        raise SystemExit(128 + signum)  # unwinds through every finally: cgroup, server, Locust
-
-    signal.signal(signal.SIGTERM, _handler)
 
 
 def _out_dir(parent: Path) -> Path:
@@ -152,15 +144,12 @@ def _load(
     out_dir: Path,
 ) -> None:
     """Start the server in the plan, guard it, run Locust to the end or a fatal event, stop."""
-    payload_kib = payload_bound_kib(args.profile, server_env(args.profile, port, args.server_env))
     fatal = threading.Event()
-    server = start_server(
-        emulation, profile=args.profile, app=args.app, port=port, out_dir=out_dir,
-        extra_env=args.server_env,
-    )  # fmt: skip
+    env = server_env(args.profile, args.server_env)
+    server = start_server(emulation, env=env, app=args.app, port=port, out_dir=out_dir)
     try:
-        ready_seconds = wait_ready(server)
-        pid = server.process.pid
+        ready_seconds = server.wait_ready()
+        pid = server.pid
         print(f"loadtest: server ready in {ready_seconds:.1f} s (pid {pid})", flush=True)
         out.sampler = sampler = TreeSampler(
             pid,
@@ -171,12 +160,14 @@ def _load(
         sampler.sample()
         sampler.start()  # before the prefill: its memory counts towards the peak-RSS check
         if settings.prefill:
-            out.prefill = _prefill(settings, sampler, fatal, args=args, port=port)
+            user_ids = store_user_ids(out.server)
+            out.prefill = _prefill(settings, sampler, fatal, user_ids=user_ids, port=port)
         if fatal.is_set():
             return  # the server died during the prefill: no load, the verdict says why
         # The hit rate is reported for the load alone: the prefill's misses are by design.
         baseline = cache_report(port) if settings.prefill else CacheReport()
         out.load_start_seconds = load_start = sampler.elapsed_seconds()
+        payload_kib = out.server.payload.max_size_kib
         locust = start_locust(settings, port=port, out_dir=out_dir, payload_kib=payload_kib)
         watcher = CacheWatcher(port)
         watcher.start()
@@ -202,7 +193,7 @@ def _load(
     finally:
         if out.sampler is not None:
             out.sampler.stop()
-        out.server_exit = stop_process(server.process)
+        out.server_exit = server.stop()
 
 
 def _progress_line(
@@ -236,11 +227,10 @@ def _prefill(
     sampler: TreeSampler,
     fatal: threading.Event,
     *,
-    args: argparse.Namespace,
+    user_ids: int,
     port: int,
 ) -> PrefillResult:
-    """Fill every worker's users cache before Locust starts, outside the measured duration."""
-    user_ids = store_user_ids(server_env(args.profile, port, args.server_env), args.profile)
+    """Fill ids 1..user_ids into every worker's users cache before Locust, outside the run."""
 
     def worker_pids() -> set[int]:
         samples = sampler.samples
@@ -276,16 +266,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     )  # fmt: skip
     plan_name = None if (args.plan or "").lower() in ("", "none") else args.plan
     plan = resolve_plan(config, plan_name, source=str(args.config)) if plan_name else None
+    try:
+        # The app's own loader, on the server's env: what the server will read, or why not.
+        server = server_settings(server_env(args.profile, args.server_env))
+    except (SettingsError, ValueError) as exc:
+        print(f"loadtest: {exc}", file=sys.stderr, flush=True)
+        return EXIT_BAD_ARGUMENTS
     out_dir = _out_dir(args.reports_dir)
     port = args.port or free_port()
-    _raise_on_sigterm()
+    exit_on_sigterm()  # SIGTERM unwinds every finally: Locust, the server, the cgroup
     print(
         f"loadtest: profile={args.profile} app={args.app} duration={settings.duration_seconds:g}s "
         f"users={settings.users} spawn_rate={settings.spawn_rate:g} port={port} -> {out_dir}",
         flush=True,
     )
     started = time.monotonic()
-    out = Outcome()
+    out = Outcome(server)
     with emulate(plan) as emulation:
         out.emulation, out.plan = emulation.description, emulation.plan
         _load(settings, emulation, out, args=args, port=port, out_dir=out_dir)
@@ -356,7 +352,7 @@ def _judge_and_report(
     verdict = judge(facts, settings)
     verdict.info["cache_fill"] = out.caches.fill
     by_scenario = _scenario_hit_rates(out_dir, samples, load_start, verdict.window_start_seconds)
-    policy = users_cache_policy(args.profile, server_env(args.profile, 0, args.server_env))
+    policy = out.server.caches.users.policy
     verdict.info["users_cache_policy"] = policy
     for key, value in by_scenario.items():
         verdict.info[key] = value

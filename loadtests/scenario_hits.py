@@ -12,6 +12,9 @@ from pathlib import Path
 from typing import Any
 
 CACHE_HEADER = "X-Cache"  # app/api/routes/users.py: "hit" or "miss"
+# The Render-like /health poller's request name in Locust's stats (loadtests/locustfile.py);
+# here, free of Locust, so the runner (loadtests/locust_io.py) reads the same row.
+HEALTH_NAME = "health poller"
 _SCENARIO = re.compile(r"\[(\w+)\]$")  # "/users/{id} [hot]" -> "hot"
 
 

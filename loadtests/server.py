@@ -1,51 +1,29 @@
-"""The server under test: start gunicorn on 127.0.0.1, wait for it, read its caches, stop it."""
+"""The server under test: its env and settings, started in a plan, and its caches read back."""
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
-import signal
-import socket
-import subprocess
-import sys
 import threading
-import time
-import urllib.error
-import urllib.request
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-import yaml
-
+from app.core.config import Settings, load_settings
 from loadtests.emulate import Emulation
+from loadtests.launcher import REPO_ROOT, GunicornServer, http_get
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-HOST = "127.0.0.1"  # loopback only: the load never leaves this machine
-READY_TIMEOUT_SECONDS = 60.0
-STOP_TIMEOUT_SECONDS = 30.0
 HEALTH_PROBES = 24  # /health calls at the end, to reach every worker for its cache stats
 
 
-@dataclass(frozen=True)
-class Server:
-    """A started gunicorn and where it listens."""
+def server_env(profile: str, extra: Sequence[str]) -> dict[str, str]:
+    """The server's env: this process's, config/<profile>.yaml, then each KEY=VALUE of extra.
 
-    process: subprocess.Popen[bytes]
-    port: int
-    log_path: Path
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((HOST, 0))
-        return int(sock.getsockname()[1])
-
-
-def server_env(profile: str, port: int, extra: Sequence[str]) -> dict[str, str]:
-    env = {**os.environ, "APP_CONFIG": f"config/{profile}.yaml", "PORT": str(port)}
+    Raises:
+        ValueError: an item of extra is not KEY=VALUE.
+    """
+    env = {**os.environ, "APP_CONFIG": f"config/{profile}.yaml"}
     env.pop("WEB_CONCURRENCY", None)  # the profile decides the worker count in a load test
     # The prefill and the cache report read pid and cache stats from /health, which the
     # Render profiles show only with health.details (or the admin token).
@@ -59,82 +37,59 @@ def server_env(profile: str, port: int, extra: Sequence[str]) -> dict[str, str]:
     return env
 
 
+def server_settings(env: Mapping[str, str]) -> Settings:
+    """The settings a server started with `env` reads, from the app's own loader.
+
+    Precedence is the app's: APP_* and WEB_CONCURRENCY in env > the YAML profile named by env's
+    APP_CONFIG (relative to the repository, where the server runs) > the defaults. os.environ
+    is `env` while the loader runs, so call this before starting any thread.
+
+    Raises:
+        SettingsError: the loader's message (file or env var, key, value, what is allowed).
+    """
+    env = dict(env)
+    profile = env.get("APP_CONFIG")
+    if profile and not Path(profile).is_absolute():
+        env["APP_CONFIG"] = str(REPO_ROOT / profile)
+    with _environ(env):
+        return load_settings()
+
+
+@contextmanager
+def _environ(env: Mapping[str, str]) -> Iterator[None]:
+    saved = dict(os.environ)
+    os.environ.clear()
+    os.environ.update(env)
+    try:
+        yield
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+
+
 def start_server(
     emulation: Emulation,
     *,
-    profile: str,
+    env: Mapping[str, str],
     app: str,
     port: int,
     out_dir: Path,
-    extra_env: Sequence[str],
-) -> Server:
-    """Start gunicorn with the profile, bound to 127.0.0.1 only, inside the emulated plan."""
-    bin_dir = Path(sys.executable).parent
-    command = [
-        *emulation.command_prefix,
-        str(bin_dir / "gunicorn"),
-        "-c", "config/gunicorn.conf.py",
-        "--bind", f"{HOST}:{port}",  # overrides the config's 0.0.0.0: loopback only
-        app,
-    ]  # fmt: skip
-    log_path = out_dir / "server.log"
-    with log_path.open("wb") as log:
-        process = subprocess.Popen(
-            command,
-            cwd=REPO_ROOT,
-            env=server_env(profile, port, extra_env),
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,  # Ctrl-C reaches the runner, which stops the server in order
-            preexec_fn=emulation.preexec,
-        )
-    return Server(process, port, log_path)
+) -> GunicornServer:
+    """Start gunicorn with env on 127.0.0.1:port inside the emulated plan (not yet ready).
 
-
-def http_get(port: int, path: str, *, timeout: float = 2.0) -> tuple[int, bytes]:
-    """GET http://127.0.0.1:port/path on a fresh connection; (status, body)."""
-    try:
-        with urllib.request.urlopen(f"http://{HOST}:{port}{path}", timeout=timeout) as response:
-            return int(response.status), bytes(response.read())
-    except urllib.error.HTTPError as exc:
-        return exc.code, exc.read()
-
-
-def wait_ready(server: Server, *, timeout: float = READY_TIMEOUT_SECONDS) -> float:
-    """Poll /health until 200; return seconds taken.
-
-    Raises:
-        RuntimeError: the server exited or did not answer within timeout.
+    The server leads its own process group: Ctrl-C reaches the runner alone, which then stops
+    the server in order.
     """
-    started = time.monotonic()
-    while time.monotonic() - started < timeout:
-        if server.process.poll() is not None:
-            code = server.process.returncode
-            msg = f"server exited with {code} before it was ready; see {server.log_path}"
-            raise RuntimeError(msg)
-        try:
-            status, _ = http_get(server.port, "/health", timeout=1.0)
-            if status == 200:
-                return time.monotonic() - started
-        except OSError:
-            pass
-        time.sleep(0.2)
-    msg = f"server not ready on port {server.port} after {timeout:.0f} s; see {server.log_path}"
-    raise RuntimeError(msg)
-
-
-def stop_process(process: subprocess.Popen[bytes], *, timeout: float = STOP_TIMEOUT_SECONDS) -> int:
-    """SIGTERM the process group (graceful), SIGKILL it after timeout; return the exit code."""
-    if process.poll() is None:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, signal.SIGTERM)
-        try:
-            return process.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            pass
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(process.pid, signal.SIGKILL)  # stragglers of the group too
-    return process.wait()
+    server = GunicornServer(
+        app,
+        env=env,
+        port=port,
+        log_path=out_dir / "server.log",
+        is_group=True,
+        command_prefix=emulation.command_prefix,
+        preexec_fn=emulation.preexec,
+    )
+    return server.start()
 
 
 @dataclass(frozen=True)
@@ -229,28 +184,3 @@ def cache_report(port: int, *, probes: int = HEALTH_PROBES) -> CacheReport:
         workers=len(per_pid),
         counts={pid: (v[0], v[1]) for pid, v in per_pid.items()},
     )
-
-
-def payload_bound_kib(profile: str, env: Mapping[str, str]) -> int:
-    """payload.max_size_kib of the profile (env APP_PAYLOAD__MAX_SIZE_KIB wins), default 1024."""
-    if env.get("APP_PAYLOAD__MAX_SIZE_KIB"):
-        return int(env["APP_PAYLOAD__MAX_SIZE_KIB"])
-    try:
-        data = yaml.safe_load((REPO_ROOT / "config" / f"{profile}.yaml").read_text()) or {}
-        return int((data.get("payload") or {}).get("max_size_kib", 1024))
-    except (OSError, ValueError, AttributeError):
-        return 1024
-
-
-def users_cache_policy(profile: str, env: Mapping[str, str]) -> str:
-    """caches.users.policy of the profile (env APP_CACHES__USERS__POLICY wins); "lru" if unset.
-
-    Only reported next to the hit rates, so a run says which eviction policy produced them.
-    """
-    if env.get("APP_CACHES__USERS__POLICY"):
-        return env["APP_CACHES__USERS__POLICY"]
-    try:
-        data = yaml.safe_load((REPO_ROOT / "config" / f"{profile}.yaml").read_text()) or {}
-        return str(((data.get("caches") or {}).get("users") or {}).get("policy") or "lru")
-    except (OSError, ValueError, AttributeError):
-        return "lru"

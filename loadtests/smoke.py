@@ -23,7 +23,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from loadtests.server import REPO_ROOT
+from loadtests.launcher import REPO_ROOT
 from loadtests.verdict import EXIT_CODES, EXIT_FAIL, SLOPE_CRITERION
 
 BUDGET_SECONDS = 45.0

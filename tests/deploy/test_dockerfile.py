@@ -12,7 +12,7 @@ import urllib.request
 import pytest
 
 from app.server import serve
-from loadtests.server import free_port
+from loadtests.launcher import free_port
 from tests.deploy.dockerfile import Stage, parse
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]

@@ -6,7 +6,8 @@ import os
 
 from memsafe import RSSRecycler
 
-bind = os.environ.get("E2E_BIND", "127.0.0.1:8000")
+# HOST and PORT as config/gunicorn.conf.py reads them (loadtests.launcher sets both).
+bind = f"{os.environ.get('HOST', '127.0.0.1')}:{os.environ.get('PORT', '8000')}"
 workers = int(os.environ.get("E2E_WORKERS", "2"))
 worker_class = os.environ.get("E2E_WORKER_CLASS", "asgi")
 graceful_timeout = 10

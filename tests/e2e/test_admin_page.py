@@ -7,12 +7,13 @@ import time
 import httpx
 import pytest
 
+from loadtests.launcher import REPO_ROOT
 from tests.e2e.cdp import Browser, find_chromium
-from tests.e2e.conftest import ROOT, ServerFactory
+from tests.e2e.conftest import ServerFactory
 
 pytestmark = [pytest.mark.slow, pytest.mark.e2e]
 TOKEN = "e2e-browser-token"
-SCREENSHOT = ROOT / "reports" / "admin-memory.png"
+SCREENSHOT = REPO_ROOT / "reports" / "admin-memory.png"
 
 
 def _wait_for_both_histories(url: str) -> dict[str, object]:

@@ -23,7 +23,8 @@ import psutil
 import pytest
 
 from app.api.errors import STORE_UNAVAILABLE_DETAIL
-from tests.e2e.conftest import Server, spawn
+from loadtests.launcher import GunicornServer
+from tests.e2e.conftest import spawn
 
 pytestmark = [pytest.mark.slow, pytest.mark.e2e]
 logger = logging.getLogger("chaos")
@@ -43,7 +44,7 @@ def _stamp(log: str, pattern: str) -> datetime:
     return datetime.strptime(match.group(1), "%Y-%m-%d %H:%M:%S,%f")
 
 
-def _workers(server: Server) -> list[psutil.Process]:
+def _workers(server: GunicornServer) -> list[psutil.Process]:
     return psutil.Process(server.process.pid).children()
 
 
@@ -117,7 +118,7 @@ def test_access_log_escapes_control_characters_from_the_path(tmp_path: Path) -> 
             time.sleep(0.05)
     finally:
         server.stop()
-    raw = server.log_path.read_bytes()
+    raw = server.log_bytes()
     assert b"\r" not in raw
     assert b"\x1b" not in raw
     assert '"GET /x\\rFAKE\\x1b[31m" 404' in server.log()

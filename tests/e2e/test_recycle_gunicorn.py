@@ -9,28 +9,22 @@ clients are plain http.client keep-alive connections that never retry a failed r
 from __future__ import annotations
 
 import contextlib
-import http.client
 import logging
 import os
 import pathlib
-import signal
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 
 import psutil
 import pytest
 
 from benchmarks.bench_recycle import Traffic, drive
-from loadtests.server import free_port
+from loadtests.launcher import REPO_ROOT, GunicornServer
 
 pytestmark = [pytest.mark.slow, pytest.mark.e2e]
 logger = logging.getLogger(__name__)
 
-ROOT = pathlib.Path(__file__).resolve().parents[2]
 CONFIG = pathlib.Path(__file__).with_name("gunicorn_recycle_conf.py")
 MAX_WORKER_RSS_MB = 60  # an idle worker of this app is ~26-29 MiB
 LEAK_KIB = 2048
@@ -41,32 +35,6 @@ RUN_LIMIT_SECONDS = 90.0
 RECYCLE_LINE = "over its RSS cap"
 
 
-@dataclass
-class Server:
-    process: subprocess.Popen[bytes]
-    port: int
-    log_path: pathlib.Path
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
-
-
-def _wait_ready(server: Server, deadline_seconds: float = 15.0) -> None:
-    deadline = time.monotonic() + deadline_seconds
-    while time.monotonic() < deadline:
-        if server.process.poll() is not None:
-            pytest.fail(f"gunicorn exited early:\n{server.log()}")
-        with contextlib.suppress(OSError, http.client.HTTPException):
-            conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=2)
-            conn.request("GET", "/")
-            status = conn.getresponse().status
-            conn.close()
-            if status == 200:
-                return
-        time.sleep(0.1)
-    pytest.fail(f"gunicorn not ready in {deadline_seconds}s:\n{server.log()}")
-
-
 @contextlib.contextmanager
 def _gunicorn(
     tmp_path: pathlib.Path,
@@ -75,35 +43,31 @@ def _gunicorn(
     *,
     leak_kib: int = LEAK_KIB,
     max_requests: int = 0,
-) -> Iterator[Server]:
-    port = free_port()
-    log_path = tmp_path / "gunicorn.log"
+) -> Iterator[GunicornServer]:
+    """gunicorn with memsafe's recipe config serving the leaking app, ready; stopped after."""
     env = {
         **os.environ,
-        "PYTHONPATH": str(ROOT),
-        "E2E_BIND": f"127.0.0.1:{port}",
+        "PYTHONPATH": str(REPO_ROOT),
         "E2E_WORKERS": str(workers),
         "E2E_WORKER_CLASS": worker_class,
         "E2E_MAX_WORKER_RSS_MB": str(MAX_WORKER_RSS_MB),
         "E2E_LEAK_KIB": str(leak_kib),
         "E2E_MAX_REQUESTS": str(max_requests),
     }
-    command = [sys.executable, "-m", "gunicorn", "-c", str(CONFIG), "tests.e2e.leaky_asgi:app"]
-    with log_path.open("wb") as log:
-        process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
-    server = Server(process, port, log_path)
-    try:
+    server = GunicornServer(
+        "tests.e2e.leaky_asgi:app",
+        env=env,
+        log_path=tmp_path / "gunicorn.log",
+        config=CONFIG,
+        ready_path="/",
+        ready_timeout_seconds=15.0,
+        stop_timeout_seconds=20.0,
+    )
+    with server:
         yield server
-    finally:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=5)
 
 
-def _settled_worker_count(server: Server, expected: int) -> int:
+def _settled_worker_count(server: GunicornServer, expected: int) -> int:
     """The master's worker count once recycles in progress are done (at most 10 s)."""
     deadline = time.monotonic() + 10
     count = -1
@@ -116,7 +80,10 @@ def _settled_worker_count(server: Server, expected: int) -> int:
 
 
 def _stop_after_recycles(
-    server: Server, stop: threading.Event, line: str = RECYCLE_LINE, count: int = MIN_RECYCLES
+    server: GunicornServer,
+    stop: threading.Event,
+    line: str = RECYCLE_LINE,
+    count: int = MIN_RECYCLES,
 ) -> None:
     while not stop.wait(0.2):
         if server.log().count(line) >= count:
@@ -125,7 +92,7 @@ def _stop_after_recycles(
 
 
 def _drive_until_recycles(
-    server: Server, line: str = RECYCLE_LINE, count: int = MIN_RECYCLES
+    server: GunicornServer, line: str = RECYCLE_LINE, count: int = MIN_RECYCLES
 ) -> Traffic:
     """Never-retrying keep-alive traffic until the log shows `count` lines `line` (or timeout)."""
     stop = threading.Event()
@@ -158,7 +125,6 @@ def test_keep_alive_clients_that_never_retry_see_no_failure_across_recycles(
     tmp_path: pathlib.Path, worker_class: str, workers: int
 ) -> None:
     with _gunicorn(tmp_path, worker_class, workers) as server:
-        _wait_ready(server)
         traffic = _drive_until_recycles(server)
         final_workers = _settled_worker_count(server, workers)
     log = server.log()
@@ -197,7 +163,6 @@ def test_max_requests_restarts_a_lone_worker_with_overlap_and_no_failure(
 ) -> None:
     recycles = 5
     with _gunicorn(tmp_path, worker_class, 1, leak_kib=0, max_requests=40) as server:
-        _wait_ready(server)
         traffic = _drive_until_recycles(server, "asked master", recycles)
         final_workers = _settled_worker_count(server, 1)
     log = server.log()

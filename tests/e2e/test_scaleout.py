@@ -19,7 +19,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.e2e.conftest import Server, spawn
+from loadtests.launcher import GunicornServer
+from tests.e2e.conftest import spawn
 from tests.e2e.throwaway import (
     ThrowawayPostgres,
     ThrowawayRedis,
@@ -37,15 +38,15 @@ FRESH_READS = 2  # consecutive fresh reads on every worker that end a trial
 TRIAL_TIMEOUT_SECONDS = 3.0
 SEED_USERS = 1000
 
-Launch = Callable[..., Server]
+Launch = Callable[..., GunicornServer]
 
 
 @pytest.fixture
 def launch(tmp_path: Path) -> Iterator[Launch]:
     """Start gunicorn instances on ports from TEST_PORT_RANGE; all stopped at the end."""
-    servers: list[Server] = []
+    servers: list[GunicornServer] = []
 
-    def start(env: dict[str, str], *, workers: int = 2, name: str = "a") -> Server:
+    def start(env: dict[str, str], *, workers: int = 2, name: str = "a") -> GunicornServer:
         base = tmp_path / name
         base.mkdir(exist_ok=True)
         overrides = {
@@ -73,7 +74,7 @@ def _read(url: str, user_id: int) -> httpx.Response:
     return httpx.get(f"{url}/users/{user_id}", timeout=5)
 
 
-def worker_clients(server: Server, workers: int) -> list[httpx.Client]:
+def worker_clients(server: GunicornServer, workers: int) -> list[httpx.Client]:
     """One keep-alive client per worker of `server` (connections land on random workers)."""
     clients: dict[int, httpx.Client] = {}
     for _ in range(100):
@@ -134,7 +135,7 @@ def _report(label: str, windows: list[float]) -> tuple[float, float]:
     return p50, p99
 
 
-def _health(server: Server) -> dict[str, object]:
+def _health(server: GunicornServer) -> dict[str, object]:
     body: dict[str, object] = httpx.get(f"{server.url}/health", timeout=5).json()
     return body
 
@@ -209,7 +210,7 @@ def own_postgres() -> Iterator[ThrowawayPostgres]:
 class Traffic:
     """Reads and writes in a thread until stopped; records every status code."""
 
-    def __init__(self, server: Server) -> None:
+    def __init__(self, server: GunicornServer) -> None:
         self.server = server
         self.codes: list[int] = []
         self.slowest = 0.0
@@ -245,7 +246,7 @@ class Traffic:
 
 
 def _wait_status(
-    server: Server, check: Callable[[dict[str, object]], bool], seconds: float
+    server: GunicornServer, check: Callable[[dict[str, object]], bool], seconds: float
 ) -> dict[str, object]:
     deadline = time.monotonic() + seconds
     while True:

@@ -13,8 +13,8 @@ import psutil
 import pytest
 import yaml
 
-from loadtests.server import free_port
-from tests.e2e.conftest import GUNICORN, ROOT, ServerFactory
+from loadtests.launcher import GUNICORN, REPO_ROOT, free_port
+from tests.e2e.conftest import ServerFactory
 
 pytestmark = [pytest.mark.slow, pytest.mark.e2e]
 MIB = 1024 * 1024
@@ -61,7 +61,7 @@ def _worker_rss_mb(server_url: str) -> float:
 
 def _profile_without_memory_limits(tmp_path: Path) -> Path:
     """config/local.yaml with the cleaner's MiB limits unset (they must sit below the RSS cap)."""
-    data = yaml.safe_load((ROOT / "config" / "local.yaml").read_text())
+    data = yaml.safe_load((REPO_ROOT / "config" / "local.yaml").read_text())
     for level in ("soft", "hard", "recycle"):
         data["memory"][f"{level}_limit_mb"] = None
     path = tmp_path / "no-memory-limits.yaml"
@@ -158,7 +158,7 @@ def test_invalid_settings_stop_gunicorn_with_one_message(
     full_env.update({"APP_CONFIG": "config/local.yaml", "PORT": str(free_port()), **env})
     result = subprocess.run(
         [str(GUNICORN), "-c", "config/gunicorn.conf.py", "app.main:app"],
-        cwd=ROOT,
+        cwd=REPO_ROOT,
         env=full_env,
         capture_output=True,
         text=True,

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from benchmarks import bench_slowloris
-from loadtests.server import HOST, free_port, stop_process, wait_ready
+from loadtests.launcher import HOST, free_port
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -79,9 +79,7 @@ def test_head_deadline_is_total_time_and_keepalive_timeout_holds() -> None:
             "APP_SERVER__HEAD_TIMEOUT_SECONDS": str(HEAD_TIMEOUT_SECONDS),
             "APP_SERVER__KEEPALIVE_SECONDS": str(KEEPALIVE_SECONDS),
         }
-        server = bench_slowloris.start(Path(tmp), port, 1024, "guarded", env)
-        try:
-            wait_ready(server)
+        with bench_slowloris.start(Path(tmp), port, 1024, "guarded", env):
             # A header line every 0.3 s never resets the deadline.
             with socket.create_connection((HOST, port)) as sock:
                 sock.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n")
@@ -95,5 +93,3 @@ def test_head_deadline_is_total_time_and_keepalive_timeout_holds() -> None:
                 assert sock.recv(4096).startswith(b"HTTP/1.1 200 ")
                 seconds, _ = _closed_after(sock, b"X", 10.0)
             assert seconds <= KEEPALIVE_SECONDS + 1.5
-        finally:
-            stop_process(server.process)

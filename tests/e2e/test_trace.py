@@ -12,7 +12,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.e2e.conftest import ROOT, Server, spawn
+from loadtests.launcher import REPO_ROOT, GunicornServer
+from tests.e2e.conftest import spawn
 from tests.e2e.test_server import _profile_without_memory_limits
 
 pytestmark = [pytest.mark.slow, pytest.mark.e2e]
@@ -20,13 +21,15 @@ TOKEN = "e2e-trace-token-0001"
 HEADERS = {"Authorization": f"Bearer {TOKEN}"}
 LEAK_LINE = next(
     number
-    for number, text in enumerate((ROOT / "loadtests" / "leaky_app.py").read_text().splitlines(), 1)
+    for number, text in enumerate(
+        (REPO_ROOT / "loadtests" / "leaky_app.py").read_text().splitlines(), 1
+    )
     if "LEAKED.append(" in text
 )
 
 
 @pytest.fixture
-def leaky_server(tmp_path: Path) -> Iterator[Server]:
+def leaky_server(tmp_path: Path) -> Iterator[GunicornServer]:
     env = {
         "ADMIN_TOKEN": TOKEN,
         "APP_SERVER__WORKERS": "2",
@@ -60,7 +63,7 @@ def _wait_for_two_workers(client: httpx.Client) -> None:
     raise AssertionError("the second worker never published its snapshot")
 
 
-def test_trace_names_the_leaking_line_on_every_worker(leaky_server: Server) -> None:
+def test_trace_names_the_leaking_line_on_every_worker(leaky_server: GunicornServer) -> None:
     stop = threading.Event()
     threads = [
         threading.Thread(target=_load, args=(leaky_server.url, stop), daemon=True) for _ in range(4)

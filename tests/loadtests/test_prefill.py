@@ -19,6 +19,7 @@ from loadtests.prefill import (
     run_prefill,
     store_user_ids,
 )
+from loadtests.server import server_env, server_settings
 from tests.loadtests.fakes import JSONHandler, serving
 
 
@@ -122,9 +123,11 @@ def test_store_user_ids_reads_the_largest_id_of_the_store(tmp_path: Path) -> Non
     conn.executemany("INSERT INTO users VALUES (?)", [(i,) for i in range(1, 1235)])
     conn.commit()
     conn.close()
-    assert store_user_ids({"APP_STORE__PATH": str(path)}, "starter") == 1234
-    missing = {"APP_STORE__PATH": str(tmp_path / "none.sqlite3"), "APP_STORE__SEED_USERS": "77"}
-    assert store_user_ids(missing, "starter") == 77
+    # The store the server's settings name: here through env, as --server-env passes it.
+    found = server_settings(server_env("starter", [f"APP_STORE__PATH={path}"]))
+    assert store_user_ids(found) == 1234
+    missing = [f"APP_STORE__PATH={tmp_path / 'none.sqlite3'}", "APP_STORE__SEED_USERS=77"]
+    assert store_user_ids(server_settings(server_env("starter", missing))) == 77
 
 
 class _FakeWorkers(JSONHandler):

@@ -13,10 +13,11 @@ import pytest
 
 from loadtests.chart import render_chart
 from loadtests.guard import MemorySample
+from loadtests.launcher import stop_process
 from loadtests.locust_io import read_locust_results
 from loadtests.report import write_memory_csv
 from loadtests.run import build_parser
-from loadtests.server import cache_report, payload_bound_kib, server_env, stop_process
+from loadtests.server import cache_report, server_env
 from loadtests.thresholds import LoadSettings, Plan
 from loadtests.verdict import MIB, RunFacts, judge
 from tests.loadtests.fakes import JSONHandler, serving
@@ -89,22 +90,16 @@ def test_chart_is_a_png_with_the_plan_limit(tmp_path: Path) -> None:
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-def test_server_env_sets_profile_and_port_and_drops_web_concurrency(
+def test_server_env_sets_profile_and_drops_web_concurrency(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setenv("WEB_CONCURRENCY", "1")
-    env = server_env("starter", 8123, ["APP_SERVER__MAX_REQUESTS=0", "X=a=b"])
-    assert (env["APP_CONFIG"], env["PORT"]) == ("config/starter.yaml", "8123")
+    env = server_env("starter", ["APP_SERVER__MAX_REQUESTS=0", "X=a=b"])
+    assert env["APP_CONFIG"] == "config/starter.yaml"
     assert (env["APP_SERVER__MAX_REQUESTS"], env["X"]) == ("0", "a=b")
     assert "WEB_CONCURRENCY" not in env
     with pytest.raises(ValueError, match="KEY=VALUE"):
-        server_env("starter", 1, ["novalue"])
-
-
-def test_payload_bound_comes_from_the_profile_unless_env_overrides() -> None:
-    assert payload_bound_kib("starter", {}) > 0
-    assert payload_bound_kib("starter", {"APP_PAYLOAD__MAX_SIZE_KIB": "64"}) == 64
-    assert payload_bound_kib("no-such-profile", {}) == 1024
+        server_env("starter", ["novalue"])
 
 
 def test_cli_flags_match_the_makefile_names(monkeypatch: pytest.MonkeyPatch) -> None:
