@@ -54,8 +54,8 @@ class HealthSettings(_AccessSection):
         default=False,
         description=(
             "Show worker internals (uptime, pid, RSS, container memory, cleanup level, cache "
-            "tiers, caches) on /health to every caller. Off: only status, version and checks, unless the "
-            "request carries the admin token."
+            "tiers, caches) on /health to every caller. Off: only status, version and checks, "
+            "unless the request carries the admin token."
         ),
     )
 
