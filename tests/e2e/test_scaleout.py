@@ -319,7 +319,9 @@ def test_postgres_restart_gives_503_then_recovers(
     )
     assert 503 in during  # misses and writes fail fast while the database is down
     assert {c for c in traffic.codes if c >= 500 or c == 0} <= {503}
-    assert after[-20:].count(200) == 20  # recovered
+    # The worker /health answered from serves again; the other may still be in its pool's
+    # reconnect backoff for a few seconds (checked per worker below).
+    assert 200 in after
     assert traffic.slowest < 10  # no hung worker: every request ended (timeouts are 1-5 s)
     # Every worker recovers, not only the one /health answered from: each worker's pool
     # reconnects on its own backoff (psycopg_pool), so another may need a few more seconds.
