@@ -5,12 +5,11 @@ from __future__ import annotations
 import json
 import os
 import threading
-from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from app.core.config import Settings, load_settings
+from app.core.config import CONFIG_ENV_VAR, DEFAULT_CONFIG_PATH, Settings, load_settings
 from loadtests.emulate import Emulation
 from loadtests.launcher import REPO_ROOT, GunicornServer, http_get
 
@@ -41,30 +40,13 @@ def server_settings(env: Mapping[str, str]) -> Settings:
     """The settings a server started with `env` reads, from the app's own loader.
 
     Precedence is the app's: APP_* and WEB_CONCURRENCY in env > the YAML profile named by env's
-    APP_CONFIG (relative to the repository, where the server runs) > the defaults. os.environ
-    is `env` while the loader runs, so call this before starting any thread.
+    APP_CONFIG (relative to the repository, where the server runs) > the defaults.
 
     Raises:
         SettingsError: the loader's message (file or env var, key, value, what is allowed).
     """
-    env = dict(env)
-    profile = env.get("APP_CONFIG")
-    if profile and not Path(profile).is_absolute():
-        env["APP_CONFIG"] = str(REPO_ROOT / profile)
-    with _environ(env):
-        return load_settings()
-
-
-@contextmanager
-def _environ(env: Mapping[str, str]) -> Iterator[None]:
-    saved = dict(os.environ)
-    os.environ.clear()
-    os.environ.update(env)
-    try:
-        yield
-    finally:
-        os.environ.clear()
-        os.environ.update(saved)
+    profile = Path(env.get(CONFIG_ENV_VAR) or DEFAULT_CONFIG_PATH)
+    return load_settings(profile if profile.is_absolute() else REPO_ROOT / profile, environ=env)
 
 
 def start_server(

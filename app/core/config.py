@@ -5,9 +5,9 @@ from __future__ import annotations
 import itertools
 import logging
 import os
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Mapping
 from contextvars import ContextVar
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +16,7 @@ from pydantic import BaseModel, ValidationError
 from pydantic.fields import FieldInfo
 from pydantic_settings import (
     BaseSettings,
+    EnvSettingsSource,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
     YamlConfigSettingsSource,
@@ -44,7 +45,22 @@ CONFIG_ENV_VAR = "APP_CONFIG"
 DEFAULT_CONFIG_PATH = "config/local.yaml"
 ENV_PREFIX = "APP_"
 
-_yaml_path: ContextVar[Path | None] = ContextVar("_yaml_path", default=None)
+
+@dataclass(frozen=True)
+class _Sources:
+    """What one load_settings call reads: its YAML file and its environment."""
+
+    yaml_path: Path
+    environ: Mapping[str, str]
+
+
+_sources: ContextVar[_Sources | None] = ContextVar("_sources", default=None)
+
+
+def _environ() -> Mapping[str, str]:
+    """The environment of the load_settings call in progress (os.environ by default)."""
+    sources = _sources.get()
+    return os.environ if sources is None else sources.environ
 
 
 class SettingsError(Exception):
@@ -92,9 +108,12 @@ class Settings(BaseSettings):
             env_settings,
             _PlatformEnvSource(settings_cls),
         ]
-        path = _yaml_path.get()
-        if path is not None:
-            sources.append(YamlConfigSettingsSource(settings_cls, yaml_file=path))
+        given = _sources.get()
+        if given is not None:
+            if isinstance(env_settings, EnvSettingsSource):
+                # Read the environment this load_settings call was given, not os.environ.
+                env_settings.env_vars = {k.lower(): v for k, v in given.environ.items()}
+            sources.append(YamlConfigSettingsSource(settings_cls, yaml_file=given.yaml_path))
         return tuple(sources)
 
     def masked(self) -> dict[str, Any]:
@@ -131,7 +150,7 @@ class _PlatformEnvSource(PydanticBaseSettingsSource):
         for dotted, env in PLATFORM_ENV_VARS.items():
             section, key = dotted.split(".")
             # A token keeps its whitespace: its validator strips it and counts what is left.
-            raw = os.environ.get(env, "")
+            raw = _environ().get(env, "")
             value = raw if key == "token" else raw.strip()
             if value:
                 data.setdefault(section, {})[key] = value
@@ -177,12 +196,13 @@ def _env_name(loc: tuple[str | int, ...]) -> str:
 def _origin(loc: tuple[str | int, ...], path: Path | None) -> str:
     """Where a key's value came from: an env var when one is set, else the YAML file."""
     env_name = _env_name(loc)
-    if env_name in os.environ:
+    environ = _environ()
+    if env_name in environ:
         return f"env {env_name}"
-    if loc == ("server", "workers") and os.environ.get("WEB_CONCURRENCY"):
+    if loc == ("server", "workers") and environ.get("WEB_CONCURRENCY"):
         return "env WEB_CONCURRENCY"
     for section, name in _TOKEN_ENV_VARS.items():
-        if loc[:1] == (section,) and os.environ.get(name):
+        if loc[:1] == (section,) and environ.get(name):
             return f"env {name}"
     return f"file {str(path)!r}" if path is not None else "code defaults"
 
@@ -311,14 +331,21 @@ def _lookup_key(settings: Settings, dotted: str) -> Any:
     return node
 
 
-def load_settings(path: str | Path | None = None) -> Settings:
+def load_settings(
+    path: str | Path | None = None, environ: Mapping[str, str] | None = None
+) -> Settings:
     """Build settings from the YAML profile at `path` (default: $APP_CONFIG) plus env vars.
+
+    `environ` is the environment to read (default os.environ): a tool that starts a server
+    with its own environment gets the settings that server will read, os.environ untouched.
 
     Raises:
         SettingsError: one message naming the file or env var, the key, the value, what is allowed.
     """
+    if environ is None:
+        environ = os.environ
     if path is None:
-        path = os.environ.get(CONFIG_ENV_VAR) or DEFAULT_CONFIG_PATH
+        path = environ.get(CONFIG_ENV_VAR) or DEFAULT_CONFIG_PATH
     yaml_path = Path(path)
     data = _read_yaml(yaml_path)
     secrets = [(section, "token", env) for section, env in _TOKEN_ENV_VARS.items()]
@@ -334,17 +361,20 @@ def load_settings(path: str | Path | None = None) -> Settings:
     if "config_file" in data:
         msg = f"invalid settings in file {str(yaml_path)!r}: unknown key 'config_file'"
         raise SettingsError(msg)
-    problem = web_concurrency_problem(os.environ.get("WEB_CONCURRENCY", ""))
+    problem = web_concurrency_problem(environ.get("WEB_CONCURRENCY", ""))
     if problem is not None:
         raise SettingsError(f"invalid settings in env WEB_CONCURRENCY: {problem}")
-    with _yaml_source(yaml_path):
+    token = _sources.set(_Sources(yaml_path, environ))
+    try:
         try:
             settings = Settings(config_file=yaml_path)
         except ValidationError as exc:
             raise _from_validation_error(exc, yaml_path) from None
-    for name, hint in unknown_env_vars():
-        logger.warning("env %s matches no settings key and is ignored%s", name, hint)
-    _check_cross_fields(settings, yaml_path)
+        for name, hint in unknown_env_vars(environ):
+            logger.warning("env %s matches no settings key and is ignored%s", name, hint)
+        _check_cross_fields(settings, yaml_path)
+    finally:
+        _sources.reset(token)
     return settings
 
 
@@ -353,15 +383,6 @@ def unknown_env_vars(environ: Mapping[str, str] | None = None) -> list[tuple[str
     known = {_env_name(tuple(key.split("."))) for key in all_keys(Settings)}
     known |= {CONFIG_ENV_VAR, _env_name(("config_file",))}
     return unmatched_env_vars(os.environ if environ is None else environ, ENV_PREFIX, known)
-
-
-@contextmanager
-def _yaml_source(path: Path) -> Iterator[None]:
-    token = _yaml_path.set(path)
-    try:
-        yield
-    finally:
-        _yaml_path.reset(token)
 
 
 def get_settings() -> Settings:

@@ -425,3 +425,30 @@ def test_yaml_syntax_error_points_at_the_broken_line(
     expected = expected.replace("{next}", str(next_key + 1)).replace('\\"', '"')
     expected = expected.replace("{line1}", str(at + 2)).replace("{line}", str(at + 1))
     assert expected in str(info.value)
+
+
+def test_a_given_environment_is_read_instead_of_os_environ(
+    write_profile: ProfileWriter, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setenv("APP_SERVER__WORKERS", "7")
+    monkeypatch.setenv("WEB_CONCURRENCY", "abc")  # would stop start-up if it were read
+    environ = {
+        "APP_CACHES__USERS__MAX_SIZE": "123",
+        "WEB_CONCURRENCY": "5",
+        "ADMIN_TOKEN": "x" * 16,
+        "APP_CACHE__TYPO": "1",
+    }
+    with caplog.at_level(logging.WARNING, logger="app.core.config"):
+        settings = load_settings(write_profile({"server": {"workers": 3}}), environ=environ)
+    assert settings.server.workers == 5
+    assert settings.caches.users.max_size == 123
+    assert settings.admin.token is not None
+    assert [r.getMessage() for r in caplog.records] == [
+        "env APP_CACHE__TYPO matches no settings key and is ignored"
+    ]
+    # an error names the given environment's variable
+    with pytest.raises(SettingsError, match="invalid settings in env APP_SERVER__WORKERS"):
+        load_settings(write_profile(), environ={"APP_SERVER__WORKERS": "0"})
+    # and os.environ is read again by the next call without one
+    monkeypatch.delenv("WEB_CONCURRENCY")
+    assert load_settings(write_profile()).server.workers == 7
