@@ -39,8 +39,9 @@ class AdminSettings(_AccessSection):
         default=None,
         description=(
             "Bearer token for /admin/*, /health details and writes (POST/PATCH/DELETE /users); "
-            "env ADMIN_TOKEN only, never a file. Unset: the /admin/* routes are not mounted "
-            f"(404). At least {MIN_TOKEN_CHARS} characters; surrounding whitespace is stripped."
+            "from the environment only, never a file. Unset: the /admin/* routes are not "
+            f"mounted (404) and writes are refused (403). At least {MIN_TOKEN_CHARS} "
+            "characters; surrounding whitespace is stripped."
         ),
     )
 
@@ -53,9 +54,9 @@ class HealthSettings(_AccessSection):
     details: bool = Field(
         default=False,
         description=(
-            "Show worker internals (uptime, pid, RSS, container memory, cleanup level, cache "
-            "tiers, caches) on /health to every caller. Off: only status, version and checks, "
-            "unless the request carries the admin token."
+            "Show worker internals on /health to every caller, not only to requests that carry "
+            "the admin token. They are uptime, pid, RSS, container memory, cleanup level, cache "
+            "tiers and caches; without them /health shows status, version and checks."
         ),
     )
 
@@ -66,7 +67,7 @@ class MetricsSettings(_AccessSection):
     token: SecretStr | None = Field(
         default=None,
         description=(
-            "Bearer token /metrics requires; env METRICS_TOKEN only, never a file. Unset: "
+            "Bearer token /metrics requires; from the environment only, never a file. Unset: "
             f"/metrics is open. At least {MIN_TOKEN_CHARS} characters."
         ),
     )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import itertools
 import logging
 import os
@@ -9,10 +10,10 @@ from collections.abc import Mapping
 from contextvars import ContextVar
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 import yaml
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, SecretStr, ValidationError
 from pydantic.fields import FieldInfo
 from pydantic_settings import (
     BaseSettings,
@@ -21,6 +22,7 @@ from pydantic_settings import (
     SettingsConfigDict,
     YamlConfigSettingsSource,
 )
+from pydantic_settings.sources.utils import parse_env_vars
 
 from app.core.access_settings import (
     AdminSettings,
@@ -29,7 +31,9 @@ from app.core.access_settings import (
     MetricsSettings,
 )
 from app.core.config_checks import (
+    all_fields,
     all_keys,
+    flat_items,
     unmatched_env_vars,
     web_concurrency_problem,
     yaml_error_where,
@@ -110,22 +114,27 @@ class Settings(BaseSettings):
         ]
         given = _sources.get()
         if given is not None:
-            if isinstance(env_settings, EnvSettingsSource):
-                # Read the environment this load_settings call was given, not os.environ.
-                env_settings.env_vars = {k.lower(): v for k, v in given.environ.items()}
+            if not isinstance(env_settings, EnvSettingsSource):
+                msg = f"expected pydantic-settings' EnvSettingsSource, got {env_settings!r}"
+                raise TypeError(msg)
+            # Read the environment this load_settings call was given, not os.environ, parsed
+            # by pydantic-settings' own rule.
+            env_settings.env_vars = parse_env_vars(
+                given.environ,
+                env_settings.case_sensitive,
+                env_settings.env_ignore_empty,
+                env_settings.env_parse_none_str,
+            )
             sources.append(YamlConfigSettingsSource(settings_cls, yaml_file=given.yaml_path))
         return tuple(sources)
 
     def masked(self) -> dict[str, Any]:
         """The effective settings as plain data, secrets replaced by '**********'."""
         data = self.model_dump(mode="json")
-        for section in ("admin", "metrics"):
-            if getattr(self, section).token is not None:
-                data[section]["token"] = "**********"
-        if self.store.database_url is not None:
-            data["store"]["database_url"] = "**********"
-        if self.coherence.redis_url is not None:
-            data["coherence"]["redis_url"] = "**********"
+        for key in secret_keys():
+            section, name = key.split(".")
+            if data[section][name] is not None:
+                data[section][name] = "**********"
         return data
 
 
@@ -157,11 +166,19 @@ class _PlatformEnvSource(PydanticBaseSettingsSource):
         return data
 
 
-_TOKEN_ENV_VARS = {
-    dotted.split(".")[0]: env
-    for dotted, env in PLATFORM_ENV_VARS.items()
-    if dotted.endswith(".token")
-}
+@functools.cache
+def secret_keys() -> tuple[str, ...]:
+    """Dotted keys of the secrets (SecretStr fields): read from the environment, never a file."""
+    return tuple(
+        key
+        for key, field in all_fields(Settings)
+        if field.annotation is SecretStr or SecretStr in get_args(field.annotation)
+    )
+
+
+def env_name(key: str) -> str:
+    """The APP_ variable of a dotted key: caches.users.max_size -> APP_CACHES__USERS__MAX_SIZE."""
+    return ENV_PREFIX + "__".join(key.upper().split("."))
 
 
 def _read_yaml(path: Path) -> dict[str, Any]:
@@ -189,21 +206,19 @@ def _read_yaml(path: Path) -> dict[str, Any]:
     return data
 
 
-def _env_name(loc: tuple[str | int, ...]) -> str:
-    return ENV_PREFIX + "__".join(str(part).upper() for part in loc)
-
-
 def _origin(loc: tuple[str | int, ...], path: Path | None) -> str:
     """Where a key's value came from: an env var when one is set, else the YAML file."""
-    env_name = _env_name(loc)
+    key = ".".join(str(part) for part in loc)
     environ = _environ()
-    if env_name in environ:
-        return f"env {env_name}"
-    if loc == ("server", "workers") and environ.get("WEB_CONCURRENCY"):
-        return "env WEB_CONCURRENCY"
-    for section, name in _TOKEN_ENV_VARS.items():
-        if loc[:1] == (section,) and environ.get(name):
-            return f"env {name}"
+    names = {name.upper(): name for name in environ}  # env names match in any case
+    # The key's own variable, then its whole section as JSON (APP_SERVER='{"workers": 99}'),
+    # then the platform's variable: the order pydantic-settings and _PlatformEnvSource apply.
+    for candidate in (env_name(key), env_name(key.split(".")[0])):
+        if candidate in names:
+            return f"env {names[candidate]}"
+    platform = PLATFORM_ENV_VARS.get(key)
+    if platform and environ.get(platform, "").strip():
+        return f"env {platform}"
     return f"file {str(path)!r}" if path is not None else "code defaults"
 
 
@@ -348,14 +363,14 @@ def load_settings(
         path = environ.get(CONFIG_ENV_VAR) or DEFAULT_CONFIG_PATH
     yaml_path = Path(path)
     data = _read_yaml(yaml_path)
-    secrets = [(section, "token", env) for section, env in _TOKEN_ENV_VARS.items()]
-    secrets += [("store", "database_url", "DATABASE_URL"), ("coherence", "redis_url", "REDIS_URL")]
-    for section, key, env in secrets:
+    for secret in secret_keys():
+        section, key = secret.split(".")
         part = data.get(section)
         if isinstance(part, dict) and key in part:
+            names = " or ".join(filter(None, (PLATFORM_ENV_VARS.get(secret), env_name(secret))))
             msg = (
-                f"invalid settings in file {str(yaml_path)!r}: key '{section}.{key}' must not be "
-                f"in a file (a secret); allowed: env {env} or APP_{section.upper()}__{key.upper()}"
+                f"invalid settings in file {str(yaml_path)!r}: key {secret!r} must not be "
+                f"in a file (a secret); allowed: env {names}"
             )
             raise SettingsError(msg)
     if "config_file" in data:
@@ -380,8 +395,8 @@ def load_settings(
 
 def unknown_env_vars(environ: Mapping[str, str] | None = None) -> list[tuple[str, str]]:
     """APP_* variables that name no settings key, each with a '; did you mean ...' hint."""
-    known = {_env_name(tuple(key.split("."))) for key in all_keys(Settings)}
-    known |= {CONFIG_ENV_VAR, _env_name(("config_file",))}
+    known = {env_name(key) for key in all_keys(Settings)}
+    known |= {CONFIG_ENV_VAR}
     return unmatched_env_vars(os.environ if environ is None else environ, ENV_PREFIX, known)
 
 
@@ -400,15 +415,4 @@ def log_settings(settings: Settings) -> None:
     logger.info("effective settings from %s (also at GET /admin/settings):", data["config_file"])
     for section, values in data.items():
         if isinstance(values, Mapping):
-            logger.info("  %s: %s", section, _flatten(values))
-
-
-def _flatten(data: Mapping[str, Any], prefix: str = "") -> str:
-    parts: list[str] = []
-    for key, value in data.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, Mapping):
-            parts.append(_flatten(value, f"{name}."))
-        else:
-            parts.append(f"{name}={value}")
-    return " ".join(parts)
+            logger.info("  %s: %s", section, " ".join(f"{k}={v}" for k, v in flat_items(values)))

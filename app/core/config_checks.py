@@ -5,11 +5,13 @@ from __future__ import annotations
 import difflib
 from collections.abc import Iterator, Mapping
 from pathlib import Path
+from typing import Any
 
 import yaml
 from pydantic import BaseModel
+from pydantic.fields import FieldInfo
 
-MAX_WEB_CONCURRENCY = 32  # server.workers' upper bound
+from app.core.server_settings import MAX_WORKERS
 
 
 def yaml_error_where(path: Path, exc: yaml.YAMLError) -> str:
@@ -50,10 +52,10 @@ def web_concurrency_problem(raw: str) -> str | None:
     so a bad value must be caught even when APP_SERVER__WORKERS overrides it in the settings.
     """
     raw = raw.strip()
-    if not raw or (raw.isdigit() and 1 <= int(raw) <= MAX_WEB_CONCURRENCY):
+    if not raw or (raw.isdigit() and 1 <= int(raw) <= MAX_WORKERS):
         return None
     return (
-        f"{raw!r} is not a worker count; allowed: an integer 1-{MAX_WEB_CONCURRENCY}, or unset "
+        f"{raw!r} is not a worker count; allowed: an integer 1-{MAX_WORKERS}, or unset "
         "(server.workers from the profile)"
     )
 
@@ -78,11 +80,25 @@ def unmatched_env_vars(
     return found
 
 
-def all_keys(model: type[BaseModel], prefix: str = "") -> Iterator[str]:
-    """Every leaf key of a settings model, dotted ("caches.users.max_size")."""
+def all_fields(model: type[BaseModel], prefix: str = "") -> Iterator[tuple[str, FieldInfo]]:
+    """Every leaf key of a settings model, dotted ("caches.users.max_size"), with its field."""
     for name, field in model.model_fields.items():
         annotation = field.annotation
         if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-            yield from all_keys(annotation, f"{prefix}{name}.")
+            yield from all_fields(annotation, f"{prefix}{name}.")
         else:
-            yield f"{prefix}{name}"
+            yield f"{prefix}{name}", field
+
+
+def all_keys(model: type[BaseModel]) -> Iterator[str]:
+    """Every leaf key of a settings model, dotted ("caches.users.max_size")."""
+    return (key for key, _ in all_fields(model))
+
+
+def flat_items(data: Mapping[str, Any], prefix: str = "") -> Iterator[tuple[str, Any]]:
+    """(dotted key, value) for every leaf of nested settings data (a parsed profile, say)."""
+    for name, value in data.items():
+        if isinstance(value, Mapping):
+            yield from flat_items(value, f"{prefix}{name}.")
+        else:
+            yield f"{prefix}{name}", value

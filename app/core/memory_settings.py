@@ -64,16 +64,17 @@ class MemorySettings(_Section):
         default=None,
         ge=32,
         le=65_536,
-        description="Worker RSS (MiB) at which the cleaner drops expired cache entries and runs "
-        "gc + malloc_trim (null: no soft level). Must be below hard_limit_mb and "
-        "recycle_limit_mb.",
+        description="Worker RSS (MiB) at which each cleaner pass also runs a young-generation gc "
+        "and malloc_trim (null: no soft level). Every pass, at any level, drops expired cache "
+        "entries. Must be below hard_limit_mb and recycle_limit_mb.",
     )
     hard_limit_mb: int | None = Field(
         default=None,
         ge=32,
         le=65_536,
         description="Worker RSS (MiB) at which the cleaner also shrinks every cache by "
-        "shrink_fraction (null: no hard level). Must be below recycle_limit_mb.",
+        "shrink_fraction and runs a full gc instead of a young one (at most one per "
+        "min_full_gc_gap_seconds); null: no hard level. Must be below recycle_limit_mb.",
     )
     recycle_limit_mb: int | None = Field(
         default=None,

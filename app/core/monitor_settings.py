@@ -53,7 +53,8 @@ class MonitorSettings(_Section):
         description="Seconds between two publications of this worker's metrics for its sibling "
         "workers, so one /metrics scrape (which reaches a random worker) reports every worker, "
         "labelled by pid (null: each worker reports only itself). One small file per live "
-        "worker in /dev/shm, deleted when the worker stops.",
+        "worker in a private directory in /dev/shm (the temp directory without it), deleted "
+        "when the worker stops.",
     )
 
 

@@ -8,6 +8,8 @@ from pydantic import Field
 
 from app.core.settings_base import _Section
 
+MAX_WORKERS = 32  # also the bound of WEB_CONCURRENCY, checked before gunicorn reads it
+
 
 class ServerSettings(_Section):
     """How gunicorn serves the app (read by config/gunicorn.conf.py)."""
@@ -15,7 +17,7 @@ class ServerSettings(_Section):
     workers: int = Field(
         default=1,
         ge=1,
-        le=32,
+        le=MAX_WORKERS,
         description="Gunicorn worker processes. WEB_CONCURRENCY (set by Render) also sets it; "
         "APP_SERVER__WORKERS wins when both are set. Never derived from os.cpu_count(): that "
         "ignores cgroup CPU quotas and over-spawns.",
@@ -107,8 +109,10 @@ class ServerSettings(_Section):
         default=768,
         ge=1,
         le=1_000_000,
-        description="Open connections per worker (guarded worker). Lowered at start-up to "
-        "RLIMIT_NOFILE - 160 (fds kept for the worker and one accept burst), with a warning. "
+        description="Open connections per worker (guarded worker). At start-up the worker raises "
+        "its soft RLIMIT_NOFILE toward the hard limit to fit it plus 160 fds (kept for the "
+        "worker and one accept burst); when the hard limit is too low, the cap is lowered to "
+        "fit, with a warning. "
         "At the cap the connection idle or waiting for its head the longest is closed to admit "
         "the new one; only when all are mid-request is the new one refused. Each open "
         "connection costs ~8 KiB (measured).",

@@ -27,7 +27,9 @@ class SharedSnapshots:
     files per pid that are never deleted (they pile up in memory-backed tmpfs with every
     recycled worker). Here each live worker owns exactly one JSON file, rewritten atomically
     every interval and deleted when the worker stops; the reader deletes files of dead pids.
-    The directory therefore holds at most one file per live worker (a few KiB each).
+    The metrics therefore take at most one file per live worker (a few KiB each). With
+    `keep_exited` (the memory history), an exited worker's file stays until it is
+    `max_age_seconds` old, so its last hour stays visible next to its replacement's.
 
     Thread safety: each worker writes only its own file (os.replace is atomic); readers
     tolerate files vanishing or half-written by skipping them.

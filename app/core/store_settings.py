@@ -32,7 +32,7 @@ class StoreSettings(_Section):
     )
     database_url: SecretStr | None = Field(
         default=None,
-        description="PostgreSQL instead of SQLite; env DATABASE_URL only, never a file (it "
+        description="PostgreSQL instead of SQLite; from the environment only, never a file (it "
         "holds a password). Render: fromDatabase connectionString. Unset: the SQLite file.",
     )
     database_schema: str = Field(
@@ -117,8 +117,9 @@ class CoherenceSettings(_Section):
 
     redis_url: SecretStr | None = Field(
         default=None,
-        description="Key Value (Redis/Valkey) second cache tier; env REDIS_URL only, never a "
-        "file. Render: fromService keyvalue connectionString. Unset: only the per-worker tier.",
+        description="Key Value (Redis/Valkey) second cache tier; from the environment only, "
+        "never a file. Render: fromService keyvalue connectionString. Unset: only the "
+        "per-worker tier.",
     )
     degraded_ttl_seconds: float = Field(
         default=2.0,

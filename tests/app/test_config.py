@@ -452,3 +452,21 @@ def test_a_given_environment_is_read_instead_of_os_environ(
     # and os.environ is read again by the next call without one
     monkeypatch.delenv("WEB_CONCURRENCY")
     assert load_settings(write_profile()).server.workers == 7
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "origin"),
+    [
+        ("APP_SERVER", '{"workers": 99}', "env APP_SERVER"),
+        ("app_server__workers", "99", "env app_server__workers"),
+        ("WEB_CONCURRENCY", "", "file"),  # empty: not read, so the file is to blame
+    ],
+)
+def test_an_error_names_the_variable_it_came_from(
+    write_profile: ProfileWriter, name: str, value: str, origin: str
+) -> None:
+    path = write_profile({"server": {"workers": 99}})
+    with pytest.raises(SettingsError) as info:
+        load_settings(path, environ={name: value})
+    assert str(info.value).startswith(f"invalid settings in {origin}")
+    assert "key 'server.workers' has invalid value" in str(info.value)

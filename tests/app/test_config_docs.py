@@ -12,18 +12,11 @@ import pytest
 import yaml
 from pydantic import BaseModel, Field
 
-from app.core import config_docs
 from app.core.config import Settings
-from app.core.config_checks import all_keys
-from app.core.config_docs import (
-    PROFILES,
-    README_KEYS,
-    KeyDoc,
-    key_docs,
-    render_profile,
-    render_readme,
-    stale_files,
-)
+from app.core.config_checks import all_keys, flat_items
+from app.core.config_docs import PROFILES, README_KEYS, expected_files, render_readme, stale_files
+from app.core.key_docs import KeyDoc, key_docs
+from app.core.profile_docs import render_profile
 from tests.app.conftest import ROOT
 
 # What config/starter.yaml said before one source: the monitor middleware does not check RSS
@@ -66,7 +59,7 @@ def test_every_file_key_is_set_and_so_described_in_every_profile() -> None:
     for name in PROFILES:
         path = ROOT / "config" / f"{name}.yaml"
         data = yaml.safe_load(path.read_text())
-        assert {key for key, _ in config_docs.flat_items(data)} == in_files, name
+        assert {key for key, _ in flat_items(data)} == in_files, name
         text = path.read_text()
         for doc in docs.values():
             if doc.is_env_only:
@@ -82,20 +75,32 @@ def test_a_drifted_profile_comment_fails_the_check(repo_copy: Path) -> None:
     starter.write_text(text[:start] + DRIFTED_BLOCK + text[end:])
     stale = stale_files(repo_copy)
     assert [path.name for path, _ in stale] == ["starter.yaml"]
-    diff = stale[0][1]
-    assert "+  # response's headers, by memsafe's DrainMiddleware)" in diff
-    # the old lines are the profile's own until the generated Allowed line is there
-    assert "-  # Seconds between RSS checks of the watchdog thread." not in diff
+    assert "+  # response's headers, by memsafe's DrainMiddleware)" in stale[0][1]
+    # --write adds the generated lines and names the key whose old lines need a read
+    notes: list[str] = []
+    expected_files(repo_copy, notes)
+    assert notes == [
+        "config/starter.yaml: server.rss_check_interval_seconds: its 3 old comment line(s) are "
+        "kept below the generated ones as the profile's reasons; remove what they repeat"
+    ]
 
 
-def test_an_edited_generated_line_fails_the_check(repo_copy: Path) -> None:
+def test_an_edited_generated_line_fails_the_check_and_write_keeps_the_reasons(
+    repo_copy: Path,
+) -> None:
     local = repo_copy / "config" / "local.yaml"
     text = local.read_text()
-    assert "  # Allowed: 1-32 (code default 1).\n" in text
-    local.write_text(text.replace("  # Allowed: 1-32 (code default 1).\n", "  # Allowed: 1-64.\n"))
+    generated = "  # Allowed: 1-32 (code default 1).\n"
+    at = text.index(generated)
+    reason = text[at + len(generated) : text.index("  workers: 2\n", at)]
+    assert reason.startswith("  # 2 locally"), reason
+    local.write_text(text.replace(generated, "  # Allowed: 1-64.\n"))
     stale = stale_files(repo_copy)
     assert [path.name for path, _ in stale] == ["local.yaml"]
     assert "+  # Allowed: 1-32 (code default 1)." in stale[0][1]
+    written = expected_files(repo_copy)[local]
+    assert generated + reason + "  workers: 2\n" in written
+    assert written == text
 
 
 def test_a_drifted_readme_cell_fails_the_check(repo_copy: Path) -> None:
@@ -133,8 +138,43 @@ def test_a_free_note_apart_from_a_key_is_kept() -> None:
 
 
 def test_a_profile_key_that_is_no_setting_is_named() -> None:
-    with pytest.raises(ValueError, match=r"profile key 'server\.wokers' is not a setting"):
+    with pytest.raises(
+        ValueError,
+        match=r"profile key 'server\.wokers' is not a setting; did you mean 'server\.workers'\?",
+    ):
         render_profile("server:\n  wokers: 2\n", key_docs())
+
+
+def test_a_key_without_a_value_is_a_null_and_gets_its_comment() -> None:
+    out = render_profile("monitor:\n  alert_rss_mb:\n  max_alerts: 5\n", key_docs())
+    assert "  # Allowed: >0 to 65,536, or null (code default null).\n  alert_rss_mb:\n" in out
+
+
+def test_a_key_the_renderer_cannot_see_is_an_error_not_a_silent_gap() -> None:
+    with pytest.raises(ValueError, match=r"profile key\(s\) 'server\.workers' got no comment"):
+        render_profile('server:\n  "workers": 2\n', key_docs())
+
+
+def test_content_after_the_generated_tail_is_an_error_not_deleted() -> None:
+    text = render_profile("server:\n  workers: 2\n", key_docs()) + "memory:\n  hysteresis_mb: 8\n"
+    with pytest.raises(ValueError, match=r"line \d+ 'memory:' is after the generated tail"):
+        render_profile(text, key_docs())
+
+
+def test_write_refuses_a_profile_it_cannot_document(repo_copy: Path) -> None:
+    local = repo_copy / "config" / "local.yaml"
+    before = local.read_text() + "extra: 1\n"
+    local.write_text(before)
+    done = subprocess.run(
+        [sys.executable, "-m", "app.core.config_docs", "--write", "--root", str(repo_copy)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert done.returncode == 2
+    assert done.stderr.startswith("config-docs: config/local.yaml: line ")
+    assert local.read_text() == before  # nothing lost
 
 
 def test_readme_without_markers_is_an_error() -> None:
@@ -198,3 +238,20 @@ def test_check_command_exits_nonzero_and_names_the_make_target(repo_copy: Path) 
     assert bad.returncode == 1
     assert "config/local.yaml differs from the settings' Field descriptions" in bad.stdout
     assert "make config-docs" in bad.stdout
+
+
+def test_readme_cells_escape_markdown(repo_copy: Path) -> None:
+    docs = dict(key_docs())
+    odd = docs["server.workers"]
+    docs["server.workers"] = KeyDoc(
+        odd.key,
+        "Counts as <overflow> | a *pipe*. More.",
+        odd.allowed,
+        odd.default,
+        odd.env,
+        odd.platform_env,
+        odd.is_env_only,
+    )
+    profiles = {name: repo_copy / "config" / f"{name}.yaml" for name in PROFILES}
+    table = render_readme((repo_copy / "README.md").read_text(), docs, profiles)
+    assert "| Counts as &lt;overflow> \\| a \\*pipe\\* |" in table
