@@ -70,7 +70,9 @@ class RouteBuckets:
     new keys. Once ``max_routes`` keys have a bucket, requests under any new key share the
     ``OVERFLOW_ROUTE`` bucket; a key keeps its bucket until ``clear()``. MemoryMonitor buckets
     its route table this way; use it for any other per-route stats (Prometheus labels, say) so
-    that they bucket the same requests under the same labels.
+    that they follow the same rule and labels. Each instance admits keys in the order it sees
+    them, so two instances agree on which keys overflow only while fewer than ``max_routes``
+    keys exist.
 
     Thread safety: none of its own; callers serialize calls with their own lock.
     """

@@ -26,7 +26,7 @@ class RequestMetrics:
     Thread safety: one lock around a few dict updates per request.
     """
 
-    def __init__(self, max_routes: int = 200) -> None:
+    def __init__(self, max_routes: int) -> None:
         self._lock = threading.Lock()
         self._buckets = RouteBuckets(max_routes)
         self._counts: dict[tuple[str, str, str], int] = {}

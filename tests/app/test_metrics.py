@@ -226,7 +226,7 @@ def test_a_mounted_app_is_labelled_by_its_full_template() -> None:
 
     outer = FastAPI()
     outer.mount("/v1", inner)
-    metrics = RequestMetrics()
+    metrics = RequestMetrics(max_routes=200)
     outer.add_middleware(RequestMetricsMiddleware, metrics=metrics)
     with TestClient(outer) as client:
         assert client.get("/v1/items/3").status_code == 200
