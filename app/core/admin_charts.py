@@ -11,6 +11,7 @@ from typing import Any
 MIB = 1024 * 1024
 WIDTH, HEIGHT = 640, 150
 PAD_LEFT, PAD_RIGHT, PAD_TOP, PAD_BOTTOM = 48, 12, 10, 18
+LABEL_GAP = 11.0  # px between two threshold labels in one column (10 px text)
 MAX_POINTS = 150  # per line (~4 px apart): a chart stays ~1 KiB whatever max_samples is
 THRESHOLD_COLOURS = {
     "soft_limit_mb": "#c90",
@@ -24,12 +25,38 @@ STYLE = """body{font:14px system-ui,sans-serif;margin:1.5em;color:#222;max-width
 h1{font-size:1.3em}h2{font-size:1.05em;margin:1.2em 0 .3em}
 .worker{border:1px solid #ccc;border-radius:6px;padding:.5em 1em;margin-bottom:1em}
 .charts{display:flex;flex-wrap:wrap;gap:1em}svg{background:#fafafa;border:1px solid #eee}
-.axis{font-size:10px;fill:#666}.muted{color:#777}.legend span{margin-right:1em}
+.axis{font-size:10px;fill:#666}.halo{paint-order:stroke;stroke:#fafafa;stroke-width:3px}.muted{color:#777}.legend span{margin-right:1em}
 form{display:inline}"""
 
 
 def _fmt(value: float) -> str:
     return f"{value:.1f}".rstrip("0").rstrip(".")
+
+
+def _nice_ceiling(value: float) -> float:
+    """The smallest round number (1, 1.2, 1.5, 2, 2.5, 3, 4, 5, 6 or 8 x 10^k) >= value."""
+    if value <= 1:
+        return 1.0
+    power = 10 ** math.floor(math.log10(value))
+    for step in (1, 1.2, 1.5, 2, 2.5, 3, 4, 5, 6, 8, 10):
+        if step * power >= value:
+            return float(step * power)
+    return float(10 * power)  # pragma: no cover  (the loop ends at 10 x power >= value)
+
+
+def _label_rows(ys: Sequence[float], gap: float = LABEL_GAP) -> list[float]:
+    """Baselines for labels just above lines at `ys` (top first) in two alternating columns.
+
+    A label closer than `gap` to the one above it in its column goes lower, so limits a few
+    MiB apart (recycle 280, max worker rss 300) stay readable.
+    """
+    rows: list[float] = []
+    for index, y in enumerate(ys):
+        row = y - 2
+        if index >= 2 and row < rows[index - 2] + gap:
+            row = rows[index - 2] + gap
+        rows.append(row)
+    return rows
 
 
 def _downsample(
@@ -89,14 +116,18 @@ def rss_chart(worker: dict[str, Any], thresholds: dict[str, int | None], t0: flo
     if worker.get("container_limit_bytes") is not None:
         cgroup = [None if v is None else v / MIB for v in worker.get("container_usage_bytes", [])]
     limits = {k: v for k, v in thresholds.items() if v is not None}
-    y_max = max([*rss, *(v for v in cgroup if v is not None), *limits.values(), 1.0]) * 1.08
+    y_max = _nice_ceiling(
+        max([*rss, *(v for v in cgroup if v is not None), *limits.values(), 1.0]) * 1.05
+    )
     axes = _Axes(t0, time.time(), y_max)
     points = _downsample(times, rss)
     body = [_polyline(axes, points, "#1565c0")]
     cgroup_points = _downsample(times, cgroup)
     if cgroup_points:
         body.append(_polyline(axes, cgroup_points, "#7b1fa2", dash="4 3"))
-    for index, (key, limit) in enumerate(limits.items()):
+    ordered = sorted(limits.items(), key=lambda item: -item[1])  # top line first
+    rows = _label_rows([axes.y(limit) for _, limit in ordered])
+    for index, ((key, limit), label_y) in enumerate(zip(ordered, rows, strict=True)):
         y = axes.y(limit)
         label_x = WIDTH - PAD_RIGHT - (150 if index % 2 else 270)  # staggered: close limits
         colour = THRESHOLD_COLOURS.get(key, "#999")
@@ -104,7 +135,7 @@ def rss_chart(worker: dict[str, Any], thresholds: dict[str, int | None], t0: flo
         body.append(
             f'<line class="threshold" x1="{PAD_LEFT}" x2="{WIDTH - PAD_RIGHT}" y1="{y:.1f}" '
             f'y2="{y:.1f}" stroke="{colour}" stroke-dasharray="2 3"><title>{label} {limit} MiB'
-            f'</title></line><text class="axis" x="{label_x}" y="{y - 2:.1f}" '
+            f'</title></line><text class="axis halo" x="{label_x}" y="{label_y:.1f}" '
             f'fill="{colour}">{label} {limit}</text>'
         )
     for event in worker.get("events", []):
@@ -127,7 +158,8 @@ def cache_chart(worker: dict[str, Any], name: str, t0: float) -> str:
     times = worker.get("wall_time", [])
     series = worker.get("caches", {}).get(name, {})
     entries = [None if v is None else float(v) for v in series.get("entries", [])]
-    y_max = max([v for v in entries if v is not None] + [1.0]) * 1.08
+    # At least 10: an empty or tiny cache gets a plain scale, not "1.2 entries".
+    y_max = _nice_ceiling(max([v for v in entries if v is not None] + [10.0]) * 1.05)
     axes = _Axes(t0, time.time(), y_max)
     entry_points = _downsample(times, entries)
     rates = [None if v is None else v * y_max for v in series.get("hit_rate", [])]

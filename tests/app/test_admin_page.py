@@ -139,3 +139,26 @@ def test_history_off_is_503(
     client = make_client(settings)
     headers = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
     assert client.get("/admin/memory/history", headers=headers).status_code == 503
+
+
+def test_chart_scales_end_on_round_numbers() -> None:
+    from app.core.admin_charts import _nice_ceiling
+
+    assert [_nice_ceiling(v) for v in (0.3, 1.05, 10.5, 104, 315, 1001)] == [
+        1.0,
+        1.2,
+        12.0,
+        120.0,
+        400.0,
+        1200.0,
+    ]
+
+
+def test_threshold_labels_a_few_mib_apart_do_not_overlap() -> None:
+    from app.core.admin_charts import LABEL_GAP, _label_rows
+
+    # lines 6 px apart (recycle 280 / max worker rss 300 on a 400 MiB scale)
+    rows = _label_rows([30.0, 36.0, 42.0, 48.0])
+    for column in (rows[0::2], rows[1::2]):
+        assert all(b - a >= LABEL_GAP for a, b in zip(column, column[1:], strict=False))
+    assert rows[:2] == [28.0, 34.0]  # the top two sit just above their own lines
