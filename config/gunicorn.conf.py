@@ -14,7 +14,8 @@ _ROOT = Path(__file__).resolve().parent.parent
 if str(_ROOT) not in sys.path:
     sys.path.insert(0, str(_ROOT))
 
-from app.core.config import SettingsError, load_settings  # noqa: E402  (needs sys.path above)
+from app.core.check import settings_warnings_muted  # noqa: E402  (needs sys.path above)
+from app.core.config import SettingsError, load_settings  # noqa: E402
 from app.core.logging import log_config  # noqa: E402
 
 BOOT_ERROR_EXIT_CODE = 3  # gunicorn's WORKER_BOOT_ERROR: the app cannot start
@@ -53,7 +54,10 @@ def _host() -> str:
 
 
 try:
-    _settings = load_settings()
+    # Logging is not configured yet (warnings would come out unformatted); the app logs the
+    # loader's warnings once when it loads the settings itself (in the master: preload_app).
+    with settings_warnings_muted():
+        _settings = load_settings()
 except SettingsError as exc:
     _fail(str(exc))
 _server = _settings.server

@@ -14,6 +14,7 @@ from typing import Any
 
 from loadtests.locust_io import read_locust_results
 from loadtests.report import read_memory_csv, relative_history
+from loadtests.server import server_env, server_settings
 from loadtests.stats import theil_sen
 from loadtests.thresholds import DEFAULT_THRESHOLDS_PATH, read_config, resolve_settings
 from loadtests.trend import FAIL, INCONCLUSIVE, PASS
@@ -96,7 +97,7 @@ def judge_run_dir(run_dir: Path, config: Mapping[str, Any]) -> tuple[Verdict, fl
     counts = relative_history(results.history, samples)
     old = summary["settings"]
     settings = resolve_settings(
-        config, profile=summary.get("profile") or "starter",
+        config, profile=_profile(summary),
         cli={"duration_seconds": old["duration_seconds"], "users": old["users"],
              "spawn_rate": old["spawn_rate"], "warmup_fraction": old["warmup_fraction"]},
     )  # fmt: skip
@@ -115,6 +116,23 @@ def judge_run_dir(run_dir: Path, config: Mapping[str, Any]) -> tuple[Verdict, fl
     )
     window = settings.duration_seconds * (1 - settings.warmup_fraction) / 60
     return judge(facts, settings), window
+
+
+def _profile(summary: Mapping[str, Any]) -> str:
+    """The profile the run served (loadtests.run's --profile, default starter)."""
+    return str(summary.get("profile") or "starter")
+
+
+def _users_cache_policy(summary: Mapping[str, Any]) -> str:
+    """The users cache policy the run's summary reports, else the one its profile sets.
+
+    Summaries written before the policy was reported lack it; the app's own loader then
+    reads it from the profile (with this shell's env, as loadtests.run would start it).
+    """
+    reported = summary["reported"].get("users_cache_policy")
+    if reported:
+        return str(reported)
+    return server_settings(server_env(_profile(summary), [])).caches.users.policy
 
 
 def load_runs(calibration_dir: Path) -> list[JudgedRun]:
@@ -136,7 +154,7 @@ def load_runs(calibration_dir: Path) -> list[JudgedRun]:
                 wall_seconds=float(record["wall_seconds"]),
                 loadavg=tuple(record.get("loadavg_after") or ()), window_minutes=window,
                 by_scenario=summary.get("cache_by_scenario") or {},
-                policy=str(summary["reported"].get("users_cache_policy") or "lru"),
+                policy=_users_cache_policy(summary),
                 old_slope=old_point_slope(verdict, run_dir),
             )
         )  # fmt: skip

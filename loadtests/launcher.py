@@ -15,20 +15,19 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 
+from app.core.config import PLATFORM_ENV_VARS
+from app.server import serve
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
-GUNICORN = Path(sys.executable).parent / "gunicorn"
-GUNICORN_CONFIG = REPO_ROOT / "config" / "gunicorn.conf.py"
 HOST = "127.0.0.1"  # loopback only: what these servers answer never leaves this machine
 READY_TIMEOUT_SECONDS = 60.0
 STOP_TIMEOUT_SECONDS = 30.0
 LOG_TAIL_LINES = 40
 # app/main.py logs this once per worker when its lifespan start-up is done.
 WORKER_READY_TEXT = "worker ready:"
-# Env vars the settings loader or config/gunicorn.conf.py read besides APP_*: a developer's
-# shell must not change a server that a test or a benchmark configures.
-SERVER_ENV_VARS = frozenset(
-    {"WEB_CONCURRENCY", "ADMIN_TOKEN", "METRICS_TOKEN", "DATABASE_URL", "REDIS_URL", "HOST", "PORT"}
-)
+# Env vars the settings loader (its platform variables) or config/gunicorn.conf.py (HOST, PORT)
+# read besides APP_*: a developer's shell must not change a server a test or benchmark configures.
+SERVER_ENV_VARS = frozenset({*PLATFORM_ENV_VARS.values(), "HOST", "PORT"})
 
 
 class ServerStartError(RuntimeError):
@@ -106,7 +105,7 @@ def exit_on_sigterm() -> None:
 
 
 class GunicornServer:
-    """A gunicorn master started like `make run`, bound to host:port, and its log.
+    """A gunicorn master started by the image's and `make run`'s command, on host:port.
 
     `with GunicornServer(...) as server:` starts it, waits until `ready_path` answers 200 and
     stops it on the way out (SIGTERM, then SIGKILL after stop_timeout_seconds). start(),
@@ -119,13 +118,13 @@ class GunicornServer:
 
     def __init__(
         self,
-        app: str = "app.main:app",
+        app: str = serve.APP,
         *,
         env: Mapping[str, str] | None = None,
         port: int | None = None,
         host: str = HOST,
         log_path: Path | None = None,
-        config: Path = GUNICORN_CONFIG,
+        config: Path = REPO_ROOT / serve.GUNICORN_CONFIG,
         ready_path: str = "/health",
         ready_timeout_seconds: float = READY_TIMEOUT_SECONDS,
         stop_timeout_seconds: float = STOP_TIMEOUT_SECONDS,
@@ -170,8 +169,14 @@ class GunicornServer:
         return HOST if self.host == "0.0.0.0" else self.host
 
     def command(self) -> list[str]:
-        """The command line: gunicorn -c config app, after the prefix (e.g. systemd-run)."""
-        return [*self.command_prefix, str(GUNICORN), "-c", str(self.config), self.app]
+        """The production start command with this config and app, after the prefix.
+
+        app.server.serve checks the settings, then execs gunicorn in the same process: the
+        pid, process group (is_group) and whatever preexec_fn set (rlimits, cgroup) are the
+        gunicorn master's. The prefix is e.g. `systemd-run --scope ...` (loadtests.emulate).
+        """
+        args = ["--config", str(self.config), self.app]
+        return [*self.command_prefix, sys.executable, "-m", serve.__name__, *args]
 
     def start(self) -> GunicornServer:
         """Start the master (once) and return self; it is not ready yet, see wait_ready()."""

@@ -31,7 +31,6 @@ DEFAULT_MAX_SECONDS = 90.0
 CHECK_EVERY_REQUESTS = 100  # a connection re-reads its worker's fill after this many requests
 MAX_RECONNECTS = 50  # per connection: gives up when new connections keep reaching full workers
 REQUEST_TIMEOUT_SECONDS = 10.0
-DEFAULT_USER_IDS = 10_000  # the locustfile's LOADTEST_USER_IDS default
 
 
 @dataclass(frozen=True)
@@ -279,8 +278,12 @@ def run_prefill(
     """Sweep /users/{id} on `concurrency` keep-alive connections until every worker is full.
 
     worker_pids gives the live worker pids (the guard's sampler knows them); is_fatal stops
-    the sweep at once when the guard saw the server die.
+    the sweep at once when the guard saw the server die. With user_ids 0 (a store seeded
+    with no users) there is nothing to fill and no request is sent.
     """
+    if user_ids == 0:
+        return PrefillResult(requests=0, seconds=0.0, passes=0.0,
+                             stop_reason="skipped: the store has no users")  # fmt: skip
     tracker = FillTracker(
         user_ids=user_ids, max_passes=max_passes, max_seconds=max_seconds, worker_pids=worker_pids
     )
@@ -313,7 +316,7 @@ def run_prefill(
 
 
 def store_user_ids(settings: Settings) -> int:
-    """Users in the server's SQLite store (ids 1..N), else its store.seed_users, else 10,000.
+    """Users in the server's SQLite store (ids 1..N), else its store.seed_users (0: none).
 
     A relative store.path is relative to the repository, where the server runs.
     """
@@ -328,4 +331,4 @@ def store_user_ids(settings: Settings) -> int:
             return int(row[0])
     except sqlite3.Error:
         pass
-    return settings.store.seed_users or DEFAULT_USER_IDS
+    return settings.store.seed_users

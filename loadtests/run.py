@@ -19,7 +19,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -140,12 +140,12 @@ def _load(
     out: Outcome,
     *,
     args: argparse.Namespace,
+    env: Mapping[str, str],
     port: int,
     out_dir: Path,
 ) -> None:
-    """Start the server in the plan, guard it, run Locust to the end or a fatal event, stop."""
+    """Start the server with env in the plan, guard it, run Locust until done or fatal; stop."""
     fatal = threading.Event()
-    env = server_env(args.profile, args.server_env)
     server = start_server(emulation, env=env, app=args.app, port=port, out_dir=out_dir)
     try:
         ready_seconds = server.wait_ready()
@@ -268,7 +268,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     plan = resolve_plan(config, plan_name, source=str(args.config)) if plan_name else None
     try:
         # The app's own loader, on the server's env: what the server will read, or why not.
-        server = server_settings(server_env(args.profile, args.server_env))
+        env = server_env(args.profile, args.server_env)
+        server = server_settings(env)
     except (SettingsError, ValueError) as exc:
         print(f"loadtest: {exc}", file=sys.stderr, flush=True)
         return EXIT_BAD_ARGUMENTS
@@ -284,7 +285,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     out = Outcome(server)
     with emulate(plan) as emulation:
         out.emulation, out.plan = emulation.description, emulation.plan
-        _load(settings, emulation, out, args=args, port=port, out_dir=out_dir)
+        _load(settings, emulation, out, args=args, env=env, port=port, out_dir=out_dir)
     return _judge_and_report(settings, out, args=args, out_dir=out_dir, started=started)
 
 

@@ -23,6 +23,7 @@ from typing import Any, Final
 from gunicorn.asgi.protocol import ASGIProtocol
 from gunicorn.workers import gasgi
 
+from app.core.check import settings_warnings_muted
 from app.core.config import load_settings
 from app.server.guard import ACCEPT_ERROR, HEAD_TIMEOUT, ConnectionGuard, connection_cap
 
@@ -143,7 +144,8 @@ class GuardedASGIWorker(gasgi.ASGIWorker):  # type: ignore[misc]  # gunicorn shi
     guard: ConnectionGuard
 
     def init_process(self) -> None:
-        server = load_settings().server
+        with settings_warnings_muted():  # the app's own load logs them once
+            server = load_settings().server
         cap, lowered = connection_cap(server.max_connections)
         if lowered is not None:
             logger.warning("%s", lowered)

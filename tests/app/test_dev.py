@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import logging
 import subprocess
 import sys
 
 import pytest
 
 from app.core import check, dev
+from app.core.config import load_settings
 from app.core.logging import log_config
 from tests.app.conftest import ROOT
 
@@ -81,3 +83,32 @@ def test_docker_run_without_an_engine_says_it_is_not_running() -> None:
 def test_first_install_says_what_it_is_doing() -> None:
     result = _make("-n", "-W", "requirements/dev.lock", "install")
     assert "Installing the locked dependencies into .venv" in result.stdout
+
+
+def test_check_leaves_a_stray_app_variable_to_the_apps_own_log(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setenv("APP_NOT_A_SETTING", "1")
+    logger = logging.getLogger(check.CONFIG_LOGGER)
+    level = logger.level
+    assert check.main() == 0
+    assert not caplog.records
+    assert logger.level == level  # restored: the app's own load still warns
+    load_settings()
+    assert [r.getMessage() for r in caplog.records] == [
+        "env APP_NOT_A_SETTING matches no settings key and is ignored"
+    ]
+
+
+def test_check_prints_nothing_for_a_stray_app_variable() -> None:
+    """Not even through logging's last-resort handler (logging is not configured there)."""
+    env = {"PATH": "/usr/bin:/bin", "APP_CONFIG": "config/local.yaml", "APP_NOT_A_SETTING": "1"}
+    result = subprocess.run(
+        [sys.executable, "-m", "app.core.check"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert (result.returncode, result.stdout, result.stderr) == (0, "", "")

@@ -210,6 +210,8 @@ def own_postgres() -> Iterator[ThrowawayPostgres]:
 class Traffic:
     """Reads and writes in a thread until stopped; records every status code."""
 
+    MAX_USER_ID = 300  # reads ids 1..MAX_USER_ID, writes ids 1..50
+
     def __init__(self, server: GunicornServer) -> None:
         self.server = server
         self.codes: list[int] = []
@@ -229,7 +231,7 @@ class Traffic:
                             f"/users/{1 + i % 50}", json={"city": f"c{i}"}, headers=AUTH
                         )
                     else:
-                        response = client.get(f"/users/{1 + i % 300}")
+                        response = client.get(f"/users/{1 + i % self.MAX_USER_ID}")
                     self.codes.append(response.status_code)
                 except httpx.TransportError:
                     self.codes.append(0)
@@ -325,13 +327,18 @@ def test_postgres_restart_gives_503_then_recovers(
     assert traffic.slowest < 10  # no hung worker: every request ended (timeouts are 1-5 s)
     # Every worker recovers, not only the one /health answered from: each worker's pool
     # reconnects on its own backoff (psycopg_pool), so another may need a few more seconds.
+    # Each read asks for a user no earlier request touched (Traffic reads ids 1..300), so it
+    # is a cache miss that PostgreSQL itself must answer.
+    fresh_ids = iter(range(Traffic.MAX_USER_ID + 1, SEED_USERS + 1))
     clients = worker_clients(server, 2)
     try:
         for client in clients:
             deadline = time.monotonic() + RECOVERY_SECONDS
-            while client.get("/users/1").status_code != 200 and time.monotonic() < deadline:
+            while client.get(f"/users/{next(fresh_ids)}").status_code != 200:
+                assert time.monotonic() < deadline, "a worker did not recover"
                 time.sleep(0.2)
-            assert [client.get(f"/users/{i}").status_code for i in (1, 2, 3)] == [200] * 3
+            reads = [client.get(f"/users/{next(fresh_ids)}") for _ in range(3)]
+            assert [(r.status_code, r.headers["X-Cache"]) for r in reads] == [(200, "miss")] * 3
     finally:
         for client in clients:
             client.close()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -13,7 +14,7 @@ import psutil
 import pytest
 import yaml
 
-from loadtests.launcher import GUNICORN, REPO_ROOT, free_port
+from loadtests.launcher import REPO_ROOT, free_port, isolated_env
 from tests.e2e.conftest import ServerFactory
 
 pytestmark = [pytest.mark.slow, pytest.mark.e2e]
@@ -141,6 +142,18 @@ def test_sigterm_exits_cleanly_within_graceful_timeout(start_server: ServerFacto
     assert "Traceback" not in log
 
 
+def test_a_stray_app_variable_is_warned_about_once_in_the_app_format(
+    start_server: ServerFactory,
+) -> None:
+    """The settings check, gunicorn.conf.py and each worker load the settings too: one line."""
+    server = start_server({"APP_NOT_A_SETTING": "1"})
+    assert server.stop() == 0
+    warning = "env APP_NOT_A_SETTING matches no settings key and is ignored"
+    lines = [line for line in server.log().splitlines() if warning in line]
+    assert len(lines) == 1, server.log()
+    assert " WARNING pid=" in lines[0]  # the app's formatter, not logging's last resort
+
+
 @pytest.mark.parametrize(
     ("env", "expected"),
     [
@@ -149,15 +162,13 @@ def test_sigterm_exits_cleanly_within_graceful_timeout(start_server: ServerFacto
         ({"PORT": "http"}, "env PORT='http' is not a port"),
     ],
 )
-def test_invalid_settings_stop_gunicorn_with_one_message(
+def test_invalid_settings_stop_the_start_command_with_one_message(
     env: dict[str, str], expected: str
 ) -> None:
-    import os
-
-    full_env = {k: v for k, v in os.environ.items() if not k.startswith("APP_")}
-    full_env.update({"APP_CONFIG": "config/local.yaml", "PORT": str(free_port()), **env})
+    """The image's and the launcher's start command: the settings check or gunicorn.conf.py."""
+    full_env = isolated_env({"APP_CONFIG": "config/local.yaml", "PORT": str(free_port()), **env})
     result = subprocess.run(
-        [str(GUNICORN), "-c", "config/gunicorn.conf.py", "app.main:app"],
+        [sys.executable, "-m", "app.server.serve"],
         cwd=REPO_ROOT,
         env=full_env,
         capture_output=True,

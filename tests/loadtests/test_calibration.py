@@ -10,9 +10,10 @@ import pytest
 
 from loadtests.calibrate import _case_commands as case_commands
 from loadtests.calibrate import build_parser
-from loadtests.calibration_figures import JudgedRun, judge_run_dir
+from loadtests.calibration_figures import JudgedRun, judge_run_dir, load_runs
 from loadtests.guard import MemorySample
 from loadtests.report import read_memory_csv, write_memory_csv
+from loadtests.server import server_env, server_settings
 from loadtests.thresholds import DEFAULT_THRESHOLDS_PATH, read_config
 from loadtests.verdict import MIB
 
@@ -107,3 +108,29 @@ def test_calibration_cases_cover_the_issue_figures() -> None:
     argv = slow[0][2]
     assert "LEAKY_APP_BYTES_PER_SECOND=17476" in argv  # 2 MiB/min over two workers
     assert argv[argv.index("--plan") + 1] == "starter"
+
+
+def _runs_jsonl(calibration_dir: Path, run_dir: Path) -> None:
+    record = {"case": "healthy-120s", "duration": 120.0, "exit_code": 0, "wall_seconds": 130.0,
+              "run_dir": str(run_dir), "loadavg_after": [1.0]}  # fmt: skip
+    (calibration_dir / "runs.jsonl").write_text(json.dumps(record) + "\n")
+
+
+def test_a_run_without_a_reported_policy_takes_its_profiles(tmp_path: Path) -> None:
+    _record(tmp_path / "run", [160.0] * 121, duration=120.0)  # summary: no users_cache_policy
+    _runs_jsonl(tmp_path, tmp_path / "run")
+    (run,) = load_runs(tmp_path)
+    # What the app's loader reads from config/starter.yaml (tinylfu today), never a default
+    # of this module's own.
+    assert run.policy == server_settings(server_env("starter", [])).caches.users.policy
+    assert run.policy != "lru"
+
+
+def test_the_reported_policy_wins(tmp_path: Path) -> None:
+    _record(tmp_path / "run", [160.0] * 121, duration=120.0)
+    summary_path = tmp_path / "run" / "summary.json"
+    summary = json.loads(summary_path.read_text())
+    summary["reported"]["users_cache_policy"] = "slru"
+    summary_path.write_text(json.dumps(summary))
+    _runs_jsonl(tmp_path, tmp_path / "run")
+    assert [run.policy for run in load_runs(tmp_path)] == ["slru"]

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+import psutil
 import pytest
 
+from app.core.config import PLATFORM_ENV_VARS
 from loadtests.launcher import (
     REPO_ROOT,
     GunicornServer,
@@ -74,13 +77,25 @@ def test_stop_process_kills_a_single_process_that_ignores_sigterm() -> None:
 def test_isolated_env_drops_every_setting_of_the_callers_shell(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    for key in ("APP_SERVER__WORKERS", "WEB_CONCURRENCY", "ADMIN_TOKEN", "DATABASE_URL", "HOST"):
+    # Every platform variable the settings loader reads, and gunicorn.conf.py's HOST and PORT.
+    shell = {"APP_SERVER__WORKERS", *PLATFORM_ENV_VARS.values(), "HOST", "PORT"}
+    for key in shell:
         monkeypatch.setenv(key, "1")
     monkeypatch.setenv("KEEP_ME", "yes")
     env = isolated_env({"APP_CONFIG": "config/local.yaml", "DATABASE_URL": "postgresql://x"})
-    assert not {"APP_SERVER__WORKERS", "WEB_CONCURRENCY", "ADMIN_TOKEN", "HOST"} & set(env)
+    assert not (shell - {"DATABASE_URL"}) & set(env)
     assert (env["KEEP_ME"], env["APP_CONFIG"]) == ("yes", "config/local.yaml")
     assert env["DATABASE_URL"] == "postgresql://x"  # an override is kept
+
+
+def test_the_command_is_the_production_start_command_with_the_config_and_app() -> None:
+    server = GunicornServer("tests.e2e.leaky_asgi:app", port=1, config=Path("/x/conf.py"))
+    serve = [sys.executable, "-m", "app.server.serve"]
+    assert server.command() == [*serve, "--config", "/x/conf.py", "tests.e2e.leaky_asgi:app"]
+    default = GunicornServer(port=1, command_prefix=["systemd-run", "--scope"])
+    config = str(REPO_ROOT / "config" / "gunicorn.conf.py")
+    assert default.command() == ["systemd-run", "--scope", *serve, "--config", config,
+                                 "app.main:app"]  # fmt: skip
 
 
 def _env(tmp_path: Path, **extra: str) -> dict[str, str]:
@@ -104,6 +119,10 @@ def test_server_serves_on_loopback_and_stops_with_exit_code_0(tmp_path: Path) ->
         assert http_get(server.port, "/health")[0] == 200
         assert server.wait_ready(1) < 1.0  # its one worker has logged that it is ready
         pid = server.pid
+        # app.server.serve exec'd gunicorn: the process started is the master, no parent
+        # lingers, and it leads the process group stop() signals.
+        assert "app.server.serve" not in psutil.Process(pid).cmdline()
+        assert os.getpgid(pid) == pid
     assert server.process.returncode == 0
     assert server.stop() == 0  # a second stop is harmless
     assert f"Listening at: http://127.0.0.1:{server.port} ({pid})" in server.log()
@@ -119,7 +138,9 @@ def test_a_server_that_cannot_start_raises_with_the_end_of_its_log(tmp_path: Pat
         pass
     message = str(error.value)
     assert "exited with code 2 before it was ready" in message
-    assert "gunicorn: invalid configuration" in message
+    # The settings check of app.server.serve stops it, before gunicorn is imported.
+    assert message.count("invalid configuration: ") == 1
+    assert "gunicorn: invalid configuration" not in message
     assert "caches.users.max_size" in message
 
 

@@ -130,6 +130,11 @@ def test_store_user_ids_reads_the_largest_id_of_the_store(tmp_path: Path) -> Non
     assert store_user_ids(server_settings(server_env("starter", missing))) == 77
 
 
+def test_a_store_seeded_with_no_users_has_no_ids_to_prefill(tmp_path: Path) -> None:
+    extra = [f"APP_STORE__PATH={tmp_path / 'none.sqlite3'}", "APP_STORE__SEED_USERS=0"]
+    assert store_user_ids(server_settings(server_env("starter", extra))) == 0
+
+
 class _FakeWorkers(JSONHandler):
     """Two "workers" behind one port: a connection belongs to the worker that accepted it."""
 
@@ -192,3 +197,11 @@ def test_run_prefill_is_skipped_without_a_server() -> None:
     result = run_prefill(1, user_ids=10, worker_pids=set)
     assert result.stop_reason.startswith("skipped: /health failed")
     assert result.requests == 0
+
+
+@pytest.mark.slow
+def test_run_prefill_over_no_ids_sends_no_request(fake_workers: int) -> None:
+    result = run_prefill(fake_workers, user_ids=0, worker_pids=lambda: {100, 101})
+    assert (result.requests, result.stop_reason) == (0, "skipped: the store has no users")
+    assert _FakeWorkers.requests[0] == 0
+    assert not _FakeWorkers.caches  # not even /health was asked

@@ -36,7 +36,7 @@ def test_env_overrides_are_honoured_exactly_as_the_app_honours_them(
     env = server_env("starter", extra)
     before = dict(os.environ)
     ours = server_settings(env)
-    assert dict(os.environ) == before  # the loader ran on the server's env, then it was put back
+    assert dict(os.environ) == before  # the loader read env (environ=), never os.environ
     assert ours.caches.users.max_size == 1234
     assert ours.caches.users.policy == "slru"
     assert (ours.payload.max_size_kib, ours.store.seed_users, ours.server.workers) == (64, 77, 3)
