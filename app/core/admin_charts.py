@@ -25,7 +25,8 @@ STYLE = """body{font:14px system-ui,sans-serif;margin:1.5em;color:#222;max-width
 h1{font-size:1.3em}h2{font-size:1.05em;margin:1.2em 0 .3em}
 .worker{border:1px solid #ccc;border-radius:6px;padding:.5em 1em;margin-bottom:1em}
 .charts{display:flex;flex-wrap:wrap;gap:1em}svg{background:#fafafa;border:1px solid #eee}
-.axis{font-size:10px;fill:#666}.halo{paint-order:stroke;stroke:#fafafa;stroke-width:3px}.muted{color:#777}.legend span{margin-right:1em}
+.axis{font-size:10px;fill:#666}.halo{paint-order:stroke;stroke:#fafafa;stroke-width:3px}
+.muted{color:#777}.legend span{margin-right:1em}
 form{display:inline}"""
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import re
 import time
 
@@ -160,5 +161,5 @@ def test_threshold_labels_a_few_mib_apart_do_not_overlap() -> None:
     # lines 6 px apart (recycle 280 / max worker rss 300 on a 400 MiB scale)
     rows = _label_rows([30.0, 36.0, 42.0, 48.0])
     for column in (rows[0::2], rows[1::2]):
-        assert all(b - a >= LABEL_GAP for a, b in zip(column, column[1:], strict=False))
+        assert all(b - a >= LABEL_GAP for a, b in itertools.pairwise(column))
     assert rows[:2] == [28.0, 34.0]  # the top two sit just above their own lines
