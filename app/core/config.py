@@ -156,14 +156,19 @@ class _PlatformEnvSource(PydanticBaseSettingsSource):
 
     def __call__(self) -> dict[str, Any]:
         data: dict[str, Any] = {}
-        for dotted, env in PLATFORM_ENV_VARS.items():
-            section, key = dotted.split(".")
-            # A token keeps its whitespace: its validator strips it and counts what is left.
-            raw = _environ().get(env, "")
-            value = raw if key == "token" else raw.strip()
+        for dotted in PLATFORM_ENV_VARS:
+            value = _platform_value(dotted)
             if value:
+                section, key = dotted.split(".")
                 data.setdefault(section, {})[key] = value
         return data
+
+
+def _platform_value(dotted: str) -> str:
+    """The value of a key's platform variable as read, "" when it is unset or blank."""
+    raw = _environ().get(PLATFORM_ENV_VARS[dotted], "")
+    # A token keeps its whitespace: its validator strips it and counts what is left.
+    return raw if dotted.endswith(".token") else raw.strip()
 
 
 @functools.cache
@@ -216,9 +221,8 @@ def _origin(loc: tuple[str | int, ...], path: Path | None) -> str:
     for candidate in (env_name(key), env_name(key.split(".")[0])):
         if candidate in names:
             return f"env {names[candidate]}"
-    platform = PLATFORM_ENV_VARS.get(key)
-    if platform and environ.get(platform, "").strip():
-        return f"env {platform}"
+    if key in PLATFORM_ENV_VARS and _platform_value(key):
+        return f"env {PLATFORM_ENV_VARS[key]}"
     return f"file {str(path)!r}" if path is not None else "code defaults"
 
 
