@@ -138,16 +138,16 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         if state.history is not None:  # an exit request means this worker is recycled
             await state.history.stop(is_recycle=is_exit_requested())
             state.history = None
-        if state.commands is not None:
-            await state.commands.stop()
-            state.commands = None
         if publisher is not None:
             publisher.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await publisher
         if state.shared is not None:
-            state.shared.remove(os.getpid())
+            state.shared.remove(os.getpid())  # first: a command sent from now on omits this pid
             state.shared = None
+        if state.commands is not None:  # answers what was sent before, windows cut short
+            await state.commands.stop()
+            state.commands = None
         await listener.stop()
         state.listener = None
         await cleanup.stop()

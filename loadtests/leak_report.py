@@ -95,8 +95,12 @@ def render(report: dict[str, Any], requests: int, top: int) -> str:
         if "error" in worker:
             lines.append(f"\nworker {worker['pid']}: {worker['error']}")
             continue
+        # A leaking worker is recycled every few seconds: one recycled mid-window traced only
+        # part of it (cut short), its replacement the rest (a shorter window, not cut short).
+        cut = ", cut short: the worker was recycled" if worker.get("is_cut_short") else ""
         lines.append(
-            f"\nworker {worker['pid']}: traced {worker['traced_bytes'] / MIB:.1f} MiB kept, "
+            f"\nworker {worker['pid']}: traced {worker['seconds']:.1f} s{cut}; "
+            f"{worker['traced_bytes'] / MIB:.1f} MiB kept, "
             f"tracemalloc's own memory {worker['tracemalloc_overhead_bytes'] / MIB:.1f} MiB"
         )
         lines.append(f"  {'grew':>10}  {'blocks':>7}  site")

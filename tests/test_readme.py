@@ -60,6 +60,15 @@ def test_python_example_runs_as_shown(index: int) -> None:
         cache_manager.remove_cache("readme_users")
 
 
+def test_the_leaking_line_the_readme_cites_is_the_leaking_line() -> None:
+    cited = re.findall(r"leaky_app\.py:(\d+)", README)
+    assert cited, "README cites no loadtests/leaky_app.py:N"
+    lines = (ROOT / "loadtests" / "leaky_app.py").read_text().splitlines()
+    for number in map(int, cited):
+        assert 1 <= number <= len(lines), number
+        assert "LEAKED.append(" in lines[number - 1], (number, lines[number - 1])
+
+
 def _config_rows() -> list[list[str]]:
     table = README.split("<!-- config-table:start -->", 1)[1].split("<!-- config-table:end -->")[0]
     rows = [

@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from app.core.commands import Handler
+from app.core.commands import Handler, Window
 from memsafe import AllocationTracer
 
 if TYPE_CHECKING:
@@ -58,7 +58,7 @@ def worker_actions(state: AppState) -> dict[str, Handler]:
     """The admin actions of this worker, by name, for app.core.commands.CommandBus."""
     tracer = AllocationTracer(top_n=state.settings.trace.top_n)
 
-    async def clear(params: dict[str, Any]) -> dict[str, Any]:
+    async def clear(params: dict[str, Any], window: Window) -> dict[str, Any]:
         manager = state.manager
         if manager is None:
             return {"cleared": 0, "error": "caches are not built"}
@@ -68,16 +68,22 @@ def worker_actions(state: AppState) -> dict[str, Handler]:
         cache = manager.get_cache(str(name))
         return {"cleared": cache.clear() if cache is not None else 0}
 
-    async def cleanup(params: dict[str, Any]) -> dict[str, Any]:
+    async def cleanup(params: dict[str, Any], window: Window) -> dict[str, Any]:
         service = state.cleanup
         if service is None:
             return {"error": "cleanup service is not running"}
         event = await service.run_once(force_level=params.get("level"))
         return {"event": dataclasses.asdict(event), "level": service.level}
 
-    async def trace(params: dict[str, Any]) -> dict[str, Any]:
+    async def trace(params: dict[str, Any], window: Window) -> dict[str, Any]:
+        # The window, not a fixed length: it ends with every other worker's, or when this
+        # worker stops (recycled mid-window, it still reports what it traced so far).
         before = _route_totals(state)
-        report = await tracer.run(float(params["seconds"]))
+        tracer.start()
+        try:
+            await window.wait()
+        finally:
+            report = tracer.stop()
         after = _route_totals(state)
         top = [
             {
@@ -87,6 +93,7 @@ def worker_actions(state: AppState) -> dict[str, Handler]:
             }
             for site in report["top"]
         ]
-        return {**report, "top": top, "routes": route_growth(before, after)}
+        routes = route_growth(before, after)
+        return {**report, "top": top, "routes": routes, "is_cut_short": window.is_cut_short}
 
     return {"clear": clear, "cleanup": cleanup, "trace": trace}

@@ -126,7 +126,7 @@ class SharedSnapshots:
         found.sort(reverse=True)
         for index, (mtime, pid, path) in enumerate(found):
             try:
-                is_alive = _is_alive(pid)
+                is_alive = is_process_alive(pid)
                 is_stale = now - mtime > self.max_age_seconds
                 is_extra = max_files is not None and index >= max_files
                 if is_stale or is_extra or not (is_alive or self.keep_exited):
@@ -152,7 +152,8 @@ class SharedSnapshots:
         )
 
 
-def _is_alive(pid: int) -> bool:
+def is_process_alive(pid: int) -> bool:
+    """True while a process `pid` exists (a sibling worker, seen from another worker)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:

@@ -5,6 +5,9 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import subprocess
+import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -12,18 +15,25 @@ from typing import Any
 import pytest
 
 from app.core import commands
-from app.core.commands import BusyError, CommandBus, UnknownWorkerError
+from app.core.commands import BusyError, CommandBus, UnknownWorkerError, Window
 from app.core.shared_snapshots import SharedSnapshots
 from tests.app.conftest import TestClient
 
 
-async def _echo(params: dict[str, Any]) -> dict[str, Any]:
+async def _echo(params: dict[str, Any], window: Window) -> dict[str, Any]:
     await asyncio.sleep(float(params.get("sleep", 0)))
     return {"echo": params.get("value")}
 
 
-async def _boom(params: dict[str, Any]) -> dict[str, Any]:
+async def _boom(params: dict[str, Any], window: Window) -> dict[str, Any]:
     raise ValueError("broken")
+
+
+async def _hold(params: dict[str, Any], window: Window) -> dict[str, Any]:
+    """An action with a window, like a trace: it runs until the window ends."""
+    started = time.time()
+    await window.wait()
+    return {"held_seconds": time.time() - started, "is_cut_short": window.is_cut_short}
 
 
 def _shared(tmp_path: Path) -> SharedSnapshots:
@@ -94,6 +104,122 @@ def test_shared_a_silent_sibling_is_reported_not_waited_for_forever(
     assert mine == {"pid": os.getpid(), "echo": 1}
     assert theirs == {"pid": sibling, "error": "no answer before the deadline"}
     assert time.monotonic() - started < 3
+
+
+def test_shared_a_worker_that_stops_mid_window_answers_with_its_window_so_far(
+    tmp_path: Path,
+) -> None:
+    # A leaking worker is recycled every few seconds, often in a trace window: it must answer
+    # on its way out, not leave its sender waiting until the deadline for nothing.
+    shared = _shared(tmp_path)
+
+    async def scenario() -> list[dict[str, Any]]:
+        bus = CommandBus(shared, {"hold": _hold})
+        bus.start()
+        sending = asyncio.ensure_future(bus.run("hold", {}, seconds=30))
+        await asyncio.sleep(2 * commands.POLL_SECONDS)  # the poller took it up
+        await bus.stop()
+        return await asyncio.wait_for(sending, 5)
+
+    (answer,) = asyncio.run(scenario())
+    assert answer["pid"] == os.getpid() and answer["is_cut_short"] is True, answer
+    assert answer["held_seconds"] < 5
+    assert list(shared.directory.iterdir()) == []
+
+
+def test_shared_a_command_sent_while_the_worker_drained_is_answered_as_it_stops(
+    tmp_path: Path,
+) -> None:
+    shared = _shared(tmp_path)
+    bus = CommandBus(shared, {"hold": _hold})
+    now = time.time()
+    command = {"id": "late", "action": "hold", "sent_at": now, "ends_at": now + 30}
+    (shared.directory / "cmd-late.json").write_text(json.dumps({**command, "deadline": now + 35}))
+    asyncio.run(bus.stop())  # never polled before: its last poll takes the command up
+    reply = json.loads((shared.directory / f"reply-late-{os.getpid()}.json").read_text())
+    assert reply["is_cut_short"] is True and reply["held_seconds"] < 1, reply
+
+
+def test_shared_a_window_ends_when_its_sender_said_however_late_it_was_seen(
+    tmp_path: Path,
+) -> None:
+    shared = _shared(tmp_path)
+    now = time.time()
+    for ident, sent_ago, ends_in in (("open", 4.0, 0.3), ("closed", 4.0, -1.0)):
+        command = {"id": ident, "action": "hold", "sent_at": now - sent_ago}
+        command |= {"ends_at": now + ends_in, "deadline": now + ends_in + 5}
+        (shared.directory / f"cmd-{ident}.json").write_text(json.dumps(command))
+
+    async def scenario() -> None:
+        bus = CommandBus(shared, {"hold": _hold})
+        bus._poll_once()
+        await asyncio.gather(*bus._running)
+
+    asyncio.run(scenario())
+    reply = json.loads((shared.directory / f"reply-open-{os.getpid()}.json").read_text())
+    assert 0.1 < reply["held_seconds"] < 1.0 and reply["is_cut_short"] is False, reply
+    # A window that closed before this worker (forked since) saw it is not started at all.
+    assert not list(shared.directory.glob("reply-closed-*"))
+
+
+def test_shared_a_worker_forked_during_the_window_is_waited_for_and_listed(
+    tmp_path: Path,
+) -> None:
+    shared = _shared(tmp_path)
+    newcomer = os.getppid()  # alive; it plays a worker forked after the command was sent
+
+    async def newcomer_answers() -> None:
+        while not (commands_seen := list(shared.directory.glob("cmd-*.json"))):
+            await asyncio.sleep(0.05)
+        ident = commands_seen[0].stem.removeprefix("cmd-")
+        reply = shared.directory / f"reply-{ident}-{newcomer}.json"
+        reply.write_text(json.dumps({"pid": newcomer, "is_running": True}))
+        await asyncio.sleep(1.5)  # longer than the sender's own answer takes
+        reply.write_text(json.dumps({"pid": newcomer, "echo": "late"}))
+
+    async def scenario() -> list[dict[str, Any]]:
+        bus = CommandBus(shared, {"echo": _echo})
+        bus.start()
+        try:
+            newcomer_task = asyncio.ensure_future(newcomer_answers())
+            answers = await bus.run("echo", {"value": 1})
+            await newcomer_task
+            return answers
+        finally:
+            await bus.stop()
+
+    assert asyncio.run(scenario()) == [
+        {"pid": os.getpid(), "echo": 1},
+        {"pid": newcomer, "echo": "late"},
+    ]
+
+
+def test_shared_a_sibling_that_exits_without_answering_is_not_waited_for(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(commands, "REPLY_MARGIN_SECONDS", 30.0)
+    shared = _shared(tmp_path)
+    sibling = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(1)"])
+    reaper = threading.Thread(target=sibling.wait)  # reaped, as gunicorn reaps its workers
+    reaper.start()
+    shared.publish({"pid": sibling.pid})
+
+    async def scenario() -> list[dict[str, Any]]:
+        bus = CommandBus(shared, {"echo": _echo})
+        bus.start()
+        try:
+            return await bus.run("echo", {"value": 1})
+        finally:
+            await bus.stop()
+
+    started = time.monotonic()
+    try:
+        mine, theirs = asyncio.run(scenario())
+    finally:
+        reaper.join()
+    assert mine == {"pid": os.getpid(), "echo": 1}
+    assert theirs == {"pid": sibling.pid, "error": "exited before it saw the command"}
+    assert time.monotonic() - started < 10
 
 
 def test_shared_lock_of_a_dead_trace_is_taken_over(tmp_path: Path) -> None:

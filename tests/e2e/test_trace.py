@@ -8,11 +8,12 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
 
-from loadtests.launcher import REPO_ROOT, GunicornServer
+from loadtests.launcher import REPO_ROOT, GunicornServer, http_get
 from tests.e2e.conftest import spawn
 from tests.e2e.test_server import _profile_without_memory_limits
 
@@ -51,6 +52,17 @@ def _load(url: str, stop: threading.Event) -> None:
         user_id = user_id % 500 + 1
         with contextlib.suppress(httpx.TransportError):
             httpx.get(f"{url}/users/{user_id}", timeout=5.0)
+
+
+def _load_fast(port: int, stop: threading.Event) -> None:
+    # make leak-report's loader: urllib on a fresh connection, ~10x the requests of httpx.get.
+    user_id = 0
+    while not stop.is_set():
+        user_id = user_id % 500 + 1
+        try:
+            http_get(port, f"/users/{user_id}")
+        except OSError:
+            time.sleep(0.05)
 
 
 def _wait_for_two_workers(client: httpx.Client) -> None:
@@ -159,3 +171,54 @@ def test_history_keeps_a_recycled_workers_hour_with_its_recycle_event(tmp_path: 
         assert len(live) == 1 and live[0]["pid"] != first
     finally:
         server.stop()
+
+
+def test_trace_under_load_answers_from_every_worker_though_workers_recycle(
+    tmp_path: Path,
+) -> None:
+    # make leak-report's load (4 threads, a fresh connection a request), with the leak made
+    # 4x larger so that its worker churn is certain: at 256 KiB a request a leaky worker hits
+    # local.yaml's 300 MiB cap every ~1,000 requests, every second or two here, so each 3 s
+    # window spans recycles. Every worker that took part must answer: one recycled
+    # mid-window with its window so far, its replacement with the rest of it. Before the fix a
+    # worker recycled mid-window was listed as "no answer before the deadline".
+    env = {
+        "ADMIN_TOKEN": TOKEN,
+        "APP_SERVER__WORKERS": "2",
+        "APP_MONITOR__METRICS_SHARE_SECONDS": "1",
+        "LEAKY_APP_KIB_PER_REQUEST": "256",
+    }
+    server = spawn(tmp_path, env, app="loadtests.leaky_app:app")
+    stop = threading.Event()
+    threads = [
+        threading.Thread(target=_load_fast, args=(server.port, stop), daemon=True) for _ in range(4)
+    ]
+    answers: list[list[dict[str, Any]]] = []
+    try:
+        server.wait_ready(2)
+        with httpx.Client(base_url=server.url, timeout=30.0) as client:
+            _wait_for_two_workers(client)
+            for thread in threads:
+                thread.start()
+            time.sleep(1.0)
+            for _ in range(3):
+                response = client.post(
+                    "/admin/memory/trace", params={"seconds": 3}, headers=HEADERS
+                )
+                assert response.status_code == 200, response.text
+                answers.append(response.json()["workers"])
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join(10)
+        server.stop()
+    for workers in answers:
+        assert [w for w in workers if "error" in w] == [], workers
+        assert len({w["pid"] for w in workers}) == len(workers) >= 2
+    # The windows did span recycles (else this test proves nothing): some worker stopped
+    # mid-window and answered with a window cut short.
+    assert any(w["is_cut_short"] for workers in answers for w in workers), answers
+    for workers in answers:  # whoever traced a full second or more saw the leaking line
+        for worker in (w for w in workers if w["seconds"] >= 1):
+            top = worker["top"][0]
+            assert top["site"] == f"loadtests/leaky_app.py:{LEAK_LINE}", worker["top"][:3]

@@ -84,16 +84,16 @@ async def trace_memory(
 ) -> dict[str, Any]:
     """Trace allocations for `seconds` on every worker (or `pid`): top lines and routes by growth.
 
-    tracemalloc is on only inside the window. A second trace while one runs is refused (409).
+    tracemalloc is on only inside the window, which ends at the same instant on every worker.
+    A worker recycled during it answers with its window so far (`is_cut_short`); one forked
+    during it traces the rest and answers too. A second trace while one runs is refused (409).
     """
     limit = state.settings.trace.max_seconds
     if seconds > limit:
         msg = f"seconds={seconds:g} is above trace.max_seconds={limit:g}; allowed: (0, {limit:g}]"
         raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, msg)
     try:
-        workers = await _commands(state).run(
-            "trace", {"seconds": seconds}, pid=pid, seconds=seconds, exclusive=True
-        )
+        workers = await _commands(state).run("trace", {}, pid=pid, seconds=seconds, exclusive=True)
     except BusyError as exc:
         raise HTTPException(status.HTTP_409_CONFLICT, str(exc)) from None
     except UnknownWorkerError as exc:
