@@ -218,7 +218,12 @@ def test_trace_under_load_answers_from_every_worker_though_workers_recycle(
     # The windows did span recycles (else this test proves nothing): some worker stopped
     # mid-window and answered with a window cut short.
     assert any(w["is_cut_short"] for workers in answers for w in workers), answers
-    for workers in answers:  # whoever traced a full second or more saw the leaking line
-        for worker in (w for w in workers if w["seconds"] >= 1):
+    # Whoever served requests in its window saw the leaking line first (each request keeps
+    # 256 KiB there). A replacement still booting, or a worker draining, may serve none: its
+    # top sites are then start-up allocations, which says nothing about the tracer.
+    for workers in answers:
+        served = [w for w in workers if sum(r["requests"] for r in w["routes"]) >= 3]
+        assert served, workers
+        for worker in served:
             top = worker["top"][0]
             assert top["site"] == f"loadtests/leaky_app.py:{LEAK_LINE}", worker["top"][:3]
