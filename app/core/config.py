@@ -171,14 +171,15 @@ def _platform_value(dotted: str) -> str:
     return raw if dotted.endswith(".token") else raw.strip()
 
 
+def is_secret(field: FieldInfo) -> bool:
+    """A SecretStr field (optional or not): read from the environment, never from a file."""
+    return field.annotation is SecretStr or SecretStr in get_args(field.annotation)
+
+
 @functools.cache
 def secret_keys() -> tuple[str, ...]:
     """Dotted keys of the secrets (SecretStr fields): read from the environment, never a file."""
-    return tuple(
-        key
-        for key, field in all_fields(Settings)
-        if field.annotation is SecretStr or SecretStr in get_args(field.annotation)
-    )
+    return tuple(key for key, field in all_fields(Settings) if is_secret(field))
 
 
 def env_name(key: str) -> str:

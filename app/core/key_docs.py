@@ -12,7 +12,7 @@ import annotated_types
 from pydantic import BaseModel
 from pydantic.fields import FieldInfo
 
-from app.core.config import PLATFORM_ENV_VARS, Settings, env_name, secret_keys
+from app.core.config import PLATFORM_ENV_VARS, Settings, env_name, is_secret
 from app.core.config_checks import all_fields
 
 # A sentence ends at ". " (not after "e.g" or "i.e"): the README shows the first one.
@@ -44,7 +44,6 @@ def key_docs(model: type[BaseModel] = Settings) -> dict[str, KeyDoc]:
     Raises:
         ValueError: a key has no description.
     """
-    secrets = set(secret_keys()) if model is Settings else set()
     docs: dict[str, KeyDoc] = {}
     for key, field in all_fields(model):
         if key in _LOADER_KEYS:
@@ -59,7 +58,7 @@ def key_docs(model: type[BaseModel] = Settings) -> dict[str, KeyDoc]:
             default=yaml_scalar(field.default),
             env=env_name(key),
             platform_env=PLATFORM_ENV_VARS.get(key),
-            is_env_only=key in secrets,
+            is_env_only=is_secret(field),
         )
     return docs
 

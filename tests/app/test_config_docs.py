@@ -29,6 +29,17 @@ DRIFTED_BLOCK = """\
 """
 
 
+def _config_docs(*args: str) -> subprocess.CompletedProcess[str]:
+    """`python -m app.core.config_docs ARGS` from the repository."""
+    return subprocess.run(
+        [sys.executable, "-m", "app.core.config_docs", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+
+
 @pytest.fixture
 def repo_copy(tmp_path: Path) -> Path:
     """The generated files (profiles and README) copied into a scratch root."""
@@ -165,13 +176,7 @@ def test_write_refuses_a_profile_it_cannot_document(repo_copy: Path) -> None:
     local = repo_copy / "config" / "local.yaml"
     before = local.read_text() + "extra: 1\n"
     local.write_text(before)
-    done = subprocess.run(
-        [sys.executable, "-m", "app.core.config_docs", "--write", "--root", str(repo_copy)],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        check=False,
-    )
+    done = _config_docs("--write", "--root", str(repo_copy))
     assert done.returncode == 2
     assert done.stderr.startswith("config-docs: config/local.yaml: line ")
     assert local.read_text() == before  # nothing lost
@@ -219,22 +224,10 @@ def test_summary_is_the_first_sentence() -> None:
 
 
 def test_check_command_exits_nonzero_and_names_the_make_target(repo_copy: Path) -> None:
-    ok = subprocess.run(
-        [sys.executable, "-m", "app.core.config_docs", "--check"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        check=False,
-    )
+    ok = _config_docs("--check")
     assert ok.returncode == 0, ok.stdout
     (repo_copy / "config" / "local.yaml").write_text("server:\n  workers: 2\n")
-    bad = subprocess.run(
-        [sys.executable, "-m", "app.core.config_docs", "--check", "--root", str(repo_copy)],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        check=False,
-    )
+    bad = _config_docs("--check", "--root", str(repo_copy))
     assert bad.returncode == 1
     assert "config/local.yaml differs from the settings' Field descriptions" in bad.stdout
     assert "make config-docs" in bad.stdout

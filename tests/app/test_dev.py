@@ -39,16 +39,20 @@ def test_check_is_silent_when_valid(capsys: pytest.CaptureFixture[str]) -> None:
     assert capsys.readouterr() == ("", "")
 
 
-def test_check_names_a_bad_web_concurrency_where_gunicorn_would_crash() -> None:
-    env = {"PATH": "/usr/bin:/bin", "WEB_CONCURRENCY": "abc", "APP_CONFIG": "config/local.yaml"}
-    result = subprocess.run(
+def _run_check(**env: str) -> subprocess.CompletedProcess[str]:
+    """`python -m app.core.check` with only PATH, the local profile and `env`."""
+    return subprocess.run(
         [sys.executable, "-m", "app.core.check"],
         cwd=ROOT,
-        env=env,
+        env={"PATH": "/usr/bin:/bin", "APP_CONFIG": "config/local.yaml", **env},
         capture_output=True,
         text=True,
         check=False,
     )
+
+
+def test_check_names_a_bad_web_concurrency_where_gunicorn_would_crash() -> None:
+    result = _run_check(WEB_CONCURRENCY="abc")
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [
         "invalid configuration: invalid settings in env WEB_CONCURRENCY: 'abc' is not a worker "
@@ -102,13 +106,5 @@ def test_check_leaves_a_stray_app_variable_to_the_apps_own_log(
 
 def test_check_prints_nothing_for_a_stray_app_variable() -> None:
     """Not even through logging's last-resort handler (logging is not configured there)."""
-    env = {"PATH": "/usr/bin:/bin", "APP_CONFIG": "config/local.yaml", "APP_NOT_A_SETTING": "1"}
-    result = subprocess.run(
-        [sys.executable, "-m", "app.core.check"],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        check=False,
-    )
+    result = _run_check(APP_NOT_A_SETTING="1")
     assert (result.returncode, result.stdout, result.stderr) == (0, "", "")

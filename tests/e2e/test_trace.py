@@ -29,15 +29,20 @@ LEAK_LINE = next(
 )
 
 
-@pytest.fixture
-def leaky_server(tmp_path: Path) -> Iterator[GunicornServer]:
+def _spawn_leaky(tmp_path: Path, kib_per_request: int) -> GunicornServer:
+    """loadtests.leaky_app on 2 workers, keeping `kib_per_request` KiB a request."""
     env = {
         "ADMIN_TOKEN": TOKEN,
         "APP_SERVER__WORKERS": "2",
         "APP_MONITOR__METRICS_SHARE_SECONDS": "1",
-        "LEAKY_APP_KIB_PER_REQUEST": "16",
+        "LEAKY_APP_KIB_PER_REQUEST": str(kib_per_request),
     }
-    server = spawn(tmp_path, env, app="loadtests.leaky_app:app")
+    return spawn(tmp_path, env, app="loadtests.leaky_app:app")
+
+
+@pytest.fixture
+def leaky_server(tmp_path: Path) -> Iterator[GunicornServer]:
+    server = _spawn_leaky(tmp_path, 16)
     try:
         server.wait_ready(2)
         yield server
@@ -182,13 +187,7 @@ def test_trace_under_load_answers_from_every_worker_though_workers_recycle(
     # window spans recycles. Every worker that took part must answer: one recycled
     # mid-window with its window so far, its replacement with the rest of it. Before the fix a
     # worker recycled mid-window was listed as "no answer before the deadline".
-    env = {
-        "ADMIN_TOKEN": TOKEN,
-        "APP_SERVER__WORKERS": "2",
-        "APP_MONITOR__METRICS_SHARE_SECONDS": "1",
-        "LEAKY_APP_KIB_PER_REQUEST": "256",
-    }
-    server = spawn(tmp_path, env, app="loadtests.leaky_app:app")
+    server = _spawn_leaky(tmp_path, 256)
     stop = threading.Event()
     threads = [
         threading.Thread(target=_load_fast, args=(server.port, stop), daemon=True) for _ in range(4)
